@@ -1,0 +1,305 @@
+//! The command line: one subcommand per operation, a human form and `--json` (exactly the reply
+//! object the MCP tool returns), and the `daemon` subcommand.
+//!
+//! The only module that prints for humans. Data goes to stdout, diagnostics and progress to stderr.
+//! Exit codes: 0 done, 3 the user must act (`waiting_*`), 2 invalid input, 1 any other failure.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Paths};
+use crate::daemon::protocol::{Envelope, Frame, Request};
+use crate::daemon::{self, DaemonOptions};
+use crate::ops::CallerSettings;
+use crate::ops::reply::{ErrorCode, Reply, Status};
+use crate::ops::start::StartArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "opencode-manager",
+    version,
+    about = "Run many isolated OpenCode coding agents on one machine"
+)]
+pub struct Cli {
+    /// Print the reply object as JSON on stdout (the same object the MCP tools return)
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bootstrap or resume a project: .env, deploy key, clone, then start its OpenCode
+    Start(StartCmd),
+    /// Show a project's OpenCode process, port, health and model provider
+    Status { project: String },
+    /// Stop a project's OpenCode (the sandbox stays); --all stops every project
+    Stop {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        project: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop and start a project's OpenCode again, on the same port
+    Restart { project: String },
+    /// Stop a project and delete its sandbox and deploy key (refuses to lose unpushed work without --force)
+    Destroy {
+        project: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// List all projects
+    List,
+    /// Show the tail of a project's OpenCode log, or of the manager's log
+    Logs {
+        project: Option<String>,
+        #[arg(long, default_value_t = crate::ops::logs::DEFAULT_LINES)]
+        lines: usize,
+    },
+    /// Run the daemon in the foreground (clients start it on demand)
+    Daemon {
+        /// Keep running when no project runs (for a service unit)
+        #[arg(long)]
+        stay: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StartCmd {
+    project: String,
+    /// SSH URL of the repository (git@host:owner/repo.git or ssh://…)
+    #[arg(long)]
+    git_url: String,
+    /// Use this existing private key instead of generating a deploy key
+    #[arg(long)]
+    ssh_key: Option<PathBuf>,
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let paths = match Paths::from_env() {
+        Ok(paths) => paths,
+        Err(err) => return fail(cli.json, ErrorCode::InvalidConfig, &format!("{err:#}")),
+    };
+    let request = match cli.command {
+        Command::Daemon { stay } => return runtime.block_on(run_daemon(paths, stay)),
+        Command::Start(cmd) => Request::Start(StartArgs {
+            project_name: cmd.project,
+            git_url: cmd.git_url,
+            user_ssh_key: cmd.ssh_key.map(|p| p.to_string_lossy().into_owned()),
+        }),
+        Command::Status { project } => Request::Status {
+            project_name: project,
+        },
+        Command::Stop { all: true, .. } => Request::StopAll,
+        Command::Stop { project, .. } => Request::Stop {
+            project_name: project.unwrap_or_default(),
+        },
+        Command::Restart { project } => Request::Restart {
+            project_name: project,
+        },
+        Command::Destroy { project, force } => Request::Destroy {
+            project_name: project,
+            force,
+        },
+        Command::List => Request::List,
+        Command::Logs { project, lines } => Request::Logs {
+            project_name: project,
+            lines: Some(lines),
+        },
+    };
+    crate::logs::init_client_log();
+    let envelope = Envelope {
+        request,
+        caller: CallerSettings {
+            environment: std::env::var("ENVIRONMENT").ok(),
+        },
+    };
+    let json = cli.json;
+    let frame = runtime.block_on(daemon::client::request(&paths, &envelope, |step| {
+        eprintln!("… {step}")
+    }));
+    match frame {
+        Ok(Frame::Reply(reply)) => {
+            print_reply(&reply, json);
+            ExitCode::from(reply.exit_code())
+        }
+        Ok(other) => fail(
+            json,
+            ErrorCode::Internal,
+            &format!("unexpected answer from the daemon: {other:?}"),
+        ),
+        Err(err) => fail(json, ErrorCode::DaemonUnavailable, &format!("{err:#}")),
+    }
+}
+
+async fn run_daemon(paths: Paths, stay: bool) -> ExitCode {
+    if let Err(err) = crate::atomic_file::private_dir(&paths.logs_dir())
+        .and_then(|()| crate::logs::init_daemon_log(&paths.manager_log()))
+    {
+        eprintln!("error: opening the daemon log: {err}");
+        return ExitCode::from(1);
+    }
+    let config = match Config::load(paths) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            tracing::error!("invalid configuration: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match daemon::run(config, DaemonOptions { stay }, shutdown_signal()).await {
+        Ok(daemon::Exit::AlreadyRunning) => {
+            eprintln!("a daemon is already running for this home");
+            ExitCode::SUCCESS
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            tracing::error!("daemon failed: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn fail(json: bool, code: ErrorCode, message: &str) -> ExitCode {
+    let reply = Reply::error(
+        code,
+        message,
+        "see the manager log (opencode-logs/manager.log in the manager home)",
+    );
+    print_reply(&reply, json);
+    ExitCode::from(reply.exit_code())
+}
+
+fn print_reply(reply: &Reply, json: bool) {
+    if json {
+        match serde_json::to_string_pretty(reply) {
+            Ok(text) => println!("{text}"),
+            Err(err) => eprintln!("error: encoding the reply: {err}"),
+        }
+        return;
+    }
+    let status = serde_json::to_value(reply.status())
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if reply.status() == Status::Error {
+        let code = reply
+            .error
+            .and_then(|c| serde_json::to_value(c).ok())
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        eprintln!("error [{code}]: {}", reply.message.as_deref().unwrap_or(""));
+        for item in reply.items.iter().flatten() {
+            eprintln!("  - {item}");
+        }
+        if let Some(hint) = &reply.hint {
+            eprintln!("hint: {hint}");
+        }
+        return;
+    }
+    if let Some(projects) = &reply.projects {
+        println!(
+            "{:<24} {:<10} {:>6} {:>8}  SANDBOX",
+            "PROJECT", "STATUS", "PORT", "PID"
+        );
+        for p in projects {
+            let port = p.opencode_port.map_or("-".into(), |v| v.to_string());
+            let pid = p.opencode_pid.map_or("-".into(), |v| v.to_string());
+            println!(
+                "{:<24} {:<10} {:>6} {:>8}  {}",
+                p.name, p.status, port, pid, p.sandbox_dir
+            );
+        }
+    } else if let Some(lines) = &reply.lines {
+        for line in lines {
+            println!("{line}");
+        }
+    } else {
+        println!("Status: {status}");
+        if let Some(message) = &reply.message {
+            println!("\n{message}");
+        }
+        let mut facts = Vec::new();
+        if let Some(oc) = &reply.opencode {
+            let pid = oc.pid.map_or("-".into(), |p| p.to_string());
+            let port = oc.port.map_or("-".into(), |p| p.to_string());
+            facts.push(format!("OpenCode: {} (PID {pid}, Port {port})", oc.status));
+        } else if let Some(url) = &reply.opencode_url {
+            facts.push(format!(
+                "OpenCode: {url} (PID: {})",
+                reply.opencode_pid.map_or("-".into(), |p| p.to_string())
+            ));
+        }
+        if let (Some(url), true) = (&reply.mcp_tool_url, reply.status() == Status::Success) {
+            facts.push(format!("MCP gateway: {url}"));
+        }
+        if let Some(provider) = &reply.provider {
+            let model = provider.model.as_deref().unwrap_or("none");
+            facts.push(format!(
+                "Model: {model} (providers: {})",
+                if provider.providers.is_empty() {
+                    "none".into()
+                } else {
+                    provider.providers.join(", ")
+                }
+            ));
+        }
+        for (label, value) in [
+            ("Sandbox", &reply.sandbox_dir),
+            ("Started", &reply.started_at),
+            ("Last health check", &reply.last_health_check),
+            ("Last exit", &reply.last_exit),
+            ("Last error", &reply.last_error),
+            ("Env file", &reply.env_path),
+        ] {
+            if let Some(value) = value {
+                facts.push(format!("{label}: {value}"));
+            }
+        }
+        if !facts.is_empty() {
+            println!();
+            for fact in facts {
+                println!("{fact}");
+            }
+        }
+        for item in reply.items.iter().flatten() {
+            println!("  - {item}");
+        }
+    }
+    if let Some(warning) = &reply.warning {
+        for line in warning.lines() {
+            eprintln!("warning: {line}");
+        }
+    }
+}

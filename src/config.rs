@@ -1,0 +1,224 @@
+//! Where files live ([`Paths`]) and the daemon-wide settings ([`Config`]), read once at start.
+//!
+//! Precedence: flags > environment > `<home>/opencode-manager.toml` > defaults. This module only
+//! reads; it creates no directory and writes no file (that is `sandbox` and `state::store`).
+//! Per-call settings (the caller's `ENVIRONMENT`) are not here: they travel with each request.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::project::{ProjectName, UrlPolicy};
+
+/// The pinned OpenCode version the manager installs when none is found.
+pub const OPENCODE_VERSION: &str = "1.18.33";
+
+/// Every path under the manager home, in the original's layout (README "File Structure").
+#[derive(Debug, Clone)]
+pub struct Paths {
+    home: PathBuf,
+}
+
+impl Paths {
+    pub fn new(home: PathBuf) -> Paths {
+        Paths { home }
+    }
+
+    /// `$OPENCODE_MANAGER_HOME`, else `~/.memory` (the original's home).
+    pub fn from_env() -> anyhow::Result<Paths> {
+        if let Some(home) = std::env::var_os("OPENCODE_MANAGER_HOME").filter(|h| !h.is_empty()) {
+            let home = PathBuf::from(home);
+            if !home.is_absolute() {
+                bail!(
+                    "OPENCODE_MANAGER_HOME must be an absolute path, got {}",
+                    home.display()
+                );
+            }
+            return Ok(Paths::new(home));
+        }
+        let user_home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .context("HOME is not set")?;
+        Ok(Paths::new(PathBuf::from(user_home).join(".memory")))
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.home.join("opencode-sandboxes")
+    }
+    pub fn sandbox(&self, project: &ProjectName) -> PathBuf {
+        self.sandboxes_dir().join(project.as_str())
+    }
+    pub fn env_file(&self, project: &ProjectName) -> PathBuf {
+        self.sandbox(project).join(".env")
+    }
+    pub fn repo_dir(&self, project: &ProjectName) -> PathBuf {
+        self.sandbox(project).join("repo")
+    }
+    pub fn pid_file(&self, project: &ProjectName) -> PathBuf {
+        self.sandbox(project).join("opencode.pid")
+    }
+    /// The Instance's private HOME, XDG and TMPDIR roots.
+    pub fn instance_dir(&self, project: &ProjectName) -> PathBuf {
+        self.sandbox(project).join("instance")
+    }
+    pub fn keys_dir(&self) -> PathBuf {
+        self.home.join("opencode-keys")
+    }
+    pub fn deploy_key(&self, project: &ProjectName) -> PathBuf {
+        self.keys_dir().join(format!("{project}-deploy"))
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.home.join("opencode-logs")
+    }
+    pub fn project_log(&self, project: &ProjectName) -> PathBuf {
+        self.logs_dir().join(format!("{project}-opencode.log"))
+    }
+    pub fn manager_log(&self) -> PathBuf {
+        self.logs_dir().join("manager.log")
+    }
+    pub fn gateway_log(&self) -> PathBuf {
+        self.logs_dir().join("global-mcp-tool.log")
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.home.join("opencode-state.json")
+    }
+    pub fn state_lock(&self) -> PathBuf {
+        self.home.join("opencode-state.lock")
+    }
+    pub fn servers_config(&self) -> PathBuf {
+        self.home.join("opencode-mcp-tool-servers.json")
+    }
+    pub fn gateway_pid_file(&self) -> PathBuf {
+        self.home.join("global-mcp-tool.pid")
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.home.join("opencode-manager.toml")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.home.join("opencode-manager.sock")
+    }
+    pub fn daemon_lock(&self) -> PathBuf {
+        self.home.join("opencode-manager.lock")
+    }
+    /// The manager's own known_hosts, so git over SSH never touches the user's.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.home.join("known_hosts")
+    }
+    /// The manager-wide OpenCode config passed to every Instance as `OPENCODE_CONFIG`, when present.
+    pub fn opencode_config(&self) -> PathBuf {
+        self.home.join("opencode-config.json")
+    }
+    /// Where the manager installs its own copy of OpenCode when none is found.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.home.join("opencode-runtime")
+    }
+    pub fn managed_opencode(&self) -> PathBuf {
+        self.runtime_dir()
+            .join("node_modules")
+            .join(".bin")
+            .join("opencode")
+    }
+}
+
+/// The optional TOML file; every key may be absent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    opencode_bin: Option<PathBuf>,
+    port_min: Option<u16>,
+    port_max: Option<u16>,
+    gateway_port: Option<u16>,
+    linger_secs: Option<u64>,
+    ready_timeout_secs: Option<u64>,
+    allow_https: Option<bool>,
+    allow_file: Option<bool>,
+    seed_plugin_stub: Option<bool>,
+    #[serde(default)]
+    instance_env: BTreeMap<String, String>,
+}
+
+/// Daemon-wide settings, validated once.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub paths: Paths,
+    /// `OPENCODE_BIN` from the daemon's environment or the config file.
+    pub opencode_bin: Option<PathBuf>,
+    pub port_range: RangeInclusive<u16>,
+    pub gateway_port: u16,
+    /// How long the daemon stays with no running Project before it exits.
+    pub linger: Duration,
+    /// How long an Instance may take to become ready.
+    pub ready_timeout: Duration,
+    pub url_policy: UrlPolicy,
+    /// Seed each Instance's config dir so OpenCode skips its background npm install (testing-recipes §3.3).
+    pub seed_plugin_stub: bool,
+    /// Extra, non-secret variables for every Instance (for example `OPENCODE_DISABLE_MODELS_FETCH`).
+    pub instance_env: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Reads the config file (if any) and the environment.
+    pub fn load(paths: Paths) -> anyhow::Result<Config> {
+        let path = paths.config_file();
+        let file = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("reading {}", path.display()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        let env_number = |key: &str| -> anyhow::Result<Option<u64>> {
+            env(key)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .with_context(|| format!("{key} must be a number, got {v:?}"))
+                })
+                .transpose()
+        };
+        let port_min = file.port_min.unwrap_or(4100);
+        let port_max = file.port_max.unwrap_or(4199);
+        if port_min == 0 || port_min > port_max {
+            bail!(
+                "port range {port_min}-{port_max} in {} is empty or starts at 0",
+                path.display()
+            );
+        }
+        let gateway_port = match env_number("GLOBAL_MCP_TOOL_PORT")? {
+            Some(p) => u16::try_from(p).context("GLOBAL_MCP_TOOL_PORT is not a port number")?,
+            None => file.gateway_port.unwrap_or(3005),
+        };
+        for key in file.instance_env.keys() {
+            if !crate::envfile::valid_key(key) {
+                bail!(
+                    "instance_env key {key:?} in {} is not a valid variable name",
+                    path.display()
+                );
+            }
+        }
+        Ok(Config {
+            opencode_bin: env("OPENCODE_BIN").map(PathBuf::from).or(file.opencode_bin),
+            port_range: port_min..=port_max,
+            gateway_port,
+            linger: Duration::from_secs(
+                env_number("OPENCODE_MANAGER_LINGER_SECS")?
+                    .or(file.linger_secs)
+                    .unwrap_or(60),
+            ),
+            ready_timeout: Duration::from_secs(file.ready_timeout_secs.unwrap_or(60)),
+            url_policy: UrlPolicy {
+                allow_https: file.allow_https.unwrap_or(false),
+                allow_file: file.allow_file.unwrap_or(false),
+            },
+            seed_plugin_stub: file.seed_plugin_stub.unwrap_or(true),
+            instance_env: file.instance_env,
+            paths,
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! The client side of the daemon socket: connect, starting a daemon first if none answers, send one
+//! request and collect its progress and reply.
+//!
+//! A started daemon is detached (its own session, output to `manager.log`), so it outlives the
+//! client. Two clients racing to start one are safe: the home's lock lets only one daemon run, and
+//! both then connect to it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::protocol::{Envelope, Frame};
+use crate::config::Paths;
+
+/// How long a client waits for a daemon it started to accept connections.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Connects to the home's daemon, starting one if needed.
+pub async fn connect(paths: &Paths) -> anyhow::Result<UnixStream> {
+    if let Ok(stream) = UnixStream::connect(paths.socket()).await {
+        return Ok(stream);
+    }
+    spawn_daemon(paths)?;
+    let deadline = tokio::time::Instant::now() + DAEMON_START_TIMEOUT;
+    loop {
+        match UnixStream::connect(paths.socket()).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) if tokio::time::Instant::now() >= deadline => {
+                bail!(
+                    "the daemon did not start within {}s ({err}); see {}",
+                    DAEMON_START_TIMEOUT.as_secs(),
+                    paths.manager_log().display()
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Sends one request; `on_progress` sees each step; returns the final frame.
+pub async fn request(
+    paths: &Paths,
+    envelope: &Envelope,
+    mut on_progress: impl FnMut(&str),
+) -> anyhow::Result<Frame> {
+    let stream = connect(paths).await?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(envelope)?;
+    line.push(b'\n');
+    write
+        .write_all(&line)
+        .await
+        .context("sending the request to the daemon")?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .context("reading the daemon's answer")?
+    {
+        match serde_json::from_str::<Frame>(&line).context("decoding the daemon's answer")? {
+            Frame::Progress(step) => on_progress(&step),
+            frame => return Ok(frame),
+        }
+    }
+    bail!(
+        "the daemon closed the connection without answering; see {}",
+        paths.manager_log().display()
+    )
+}
+
+fn spawn_daemon(paths: &Paths) -> anyhow::Result<()> {
+    crate::atomic_file::private_dir(&paths.logs_dir())
+        .with_context(|| format!("creating {}", paths.logs_dir().display()))?;
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    let log = open_append(&paths.manager_log())?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("daemon")
+        .env("OPENCODE_MANAGER_HOME", paths.home())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    crate::instance::process::detach(&mut command);
+    let mut child = command.spawn().context("starting the daemon")?;
+    // The daemon lives on in its own session; reap it if it exits early (for instance, lost a race).
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
+fn open_append(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}

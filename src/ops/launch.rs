@@ -1,0 +1,346 @@
+//! Launching a Project's Instance and waiting until it is ready; shared by `start` and `restart`.
+//!
+//! Steps 6–8 of the start workflow: choose the port, spawn `opencode serve` isolated and detached,
+//! record it as `starting` *before* waiting (so a daemon killed now can adopt it), then wait for the
+//! listening line and a healthy answer. A process that exits first is reported with its exit status
+//! and log tail. Afterwards an exit watcher records how the Instance ended.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::reply::{ErrorCode, ProviderReport, Reply};
+use super::{Manager, Progress};
+use crate::instance::api::InstanceApi;
+use crate::instance::process::{self, LaunchSpec};
+use crate::instance::{binary, ports};
+use crate::project::ProjectName;
+use crate::project_env::ProjectEnv;
+use crate::sandbox::{self, InstanceDirs, InstanceEnvSpec};
+use crate::state::{Desired, InstanceRecord};
+
+/// A ready Instance.
+pub(crate) struct Launched {
+    pub port: u16,
+    pub provider: Option<ProviderReport>,
+}
+
+const LISTENING: &str = "opencode server listening on";
+
+/// Launches the Instance of `project` and waits until it answers; records every step in state.
+pub(crate) async fn launch(
+    manager: &Manager,
+    project: &ProjectName,
+    env: &ProjectEnv,
+    progress: &Progress,
+) -> Result<Launched, Reply> {
+    let config = manager.config();
+    let paths = &config.paths;
+    let program = resolve_program(manager, env, progress).await?;
+
+    let state = manager.store().snapshot();
+    let record = state.projects.get(project.as_str());
+    let port = match env.opencode_port {
+        Some(port) if ports::is_free(port) => port,
+        Some(port) => {
+            return Err(Reply::error(
+                ErrorCode::PortUnavailable,
+                format!(
+                    "OPENCODE_PORT {port} from the project's .env is in use by another process"
+                ),
+                "free that port, or remove OPENCODE_PORT from .env to let the manager choose one",
+            ));
+        }
+        None => ports::choose(
+            project.as_str(),
+            record.and_then(|r| r.port),
+            &config.port_range,
+            &state.reserved_ports(project.as_str()),
+        )
+        .ok_or_else(|| {
+            Reply::error(
+                ErrorCode::PortUnavailable,
+                format!(
+                    "no free port in {}-{}",
+                    config.port_range.start(),
+                    config.port_range.end()
+                ),
+                "stop other projects or widen port_min/port_max in opencode-manager.toml",
+            )
+        })?,
+    };
+    progress.step(format!("starting OpenCode on 127.0.0.1:{port}"));
+
+    let dirs = InstanceDirs::of(paths, project);
+    dirs.create(config.seed_plugin_stub)
+        .map_err(|err| internal(format!("creating the instance directories: {err}")))?;
+    let launch_id = crate::secrets::random_id();
+    let marker = sandbox::marker(paths, project, &launch_id);
+    let env_vars = sandbox::instance_env(
+        &InstanceEnvSpec {
+            config,
+            dirs: &dirs,
+            password: &env.password,
+            marker: &marker,
+            project_vars: env.instance_vars(),
+        },
+        |key| std::env::var(key).ok(),
+    );
+    let log = paths.project_log(project);
+    crate::atomic_file::private_dir(&paths.logs_dir())
+        .map_err(|err| internal(format!("creating the log directory: {err}")))?;
+    let _ = crate::logs::rotate_if_large(&log, crate::logs::ROTATE_AT_BYTES);
+    let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let spec = LaunchSpec {
+        program,
+        args: [
+            "serve",
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        cwd: paths.repo_dir(project),
+        env: env_vars,
+        log: log.clone(),
+    };
+    let (mut child, proc) = process::spawn_detached(&spec).map_err(|err| {
+        Reply::error(
+            ErrorCode::OpencodeStartFailed,
+            format!("could not start {}: {err}", spec.program.display()),
+            "check OPENCODE_BIN and the log",
+        )
+    })?;
+    tracing::info!(project = %project, pid = proc.pid, port, "spawned opencode");
+    let _ = process::write_pid_file(&paths.pid_file(project), proc.pid);
+    manager
+        .store()
+        .update(|s| {
+            if let Some(r) = s.projects.get_mut(project.as_str()) {
+                r.port = Some(port);
+                r.desired = Desired::Running;
+                r.instance = InstanceRecord::Starting {
+                    proc,
+                    launch_id: launch_id.clone(),
+                    since: crate::timestamp::now(),
+                };
+            }
+        })
+        .map_err(Manager::store_failure)?;
+
+    let api = InstanceApi::new(port, env.password.clone());
+    let ready = wait_ready(&mut child, &api, &log, log_start, config.ready_timeout).await;
+    if let Err(failure) = ready {
+        if failure.still_running {
+            process::terminate(proc, &marker, Duration::from_secs(2)).await;
+            let _ = child.wait().await;
+        }
+        let message = failure.reply.message.clone().unwrap_or_default();
+        let _ = manager.store().update(|s| {
+            if let Some(r) = s.projects.get_mut(project.as_str()) {
+                r.instance = InstanceRecord::Failed {
+                    error: message,
+                    at: crate::timestamp::now(),
+                };
+            }
+        });
+        let _ = crate::atomic_file::remove_if_present(&paths.pid_file(project));
+        return Err(failure.reply);
+    }
+    let now = crate::timestamp::now();
+    manager
+        .store()
+        .update(|s| {
+            if let Some(r) = s.projects.get_mut(project.as_str()) {
+                r.instance = InstanceRecord::Running {
+                    proc,
+                    launch_id: launch_id.clone(),
+                    started_at: now.clone(),
+                };
+                r.last_health_check = Some(now.clone());
+            }
+        })
+        .map_err(Manager::store_failure)?;
+    watch_exit(manager.clone(), project.clone(), launch_id, child);
+    progress.step("OpenCode is ready");
+    let provider = api
+        .providers(Duration::from_secs(10))
+        .await
+        .ok()
+        .map(|info| ProviderReport {
+            providers: info.providers,
+            model: info.default_model,
+        });
+    Ok(Launched { port, provider })
+}
+
+async fn resolve_program(
+    manager: &Manager,
+    env: &ProjectEnv,
+    progress: &Progress,
+) -> Result<std::path::PathBuf, Reply> {
+    let config = manager.config();
+    let not_found =
+        |err: binary::NotFound| Reply::error(ErrorCode::OpencodeNotFound, err.message, err.hint);
+    if let Some((program, _)) = binary::find(
+        env.opencode_bin.as_deref(),
+        config.opencode_bin.as_deref(),
+        &config.paths,
+    )
+    .map_err(not_found)?
+    {
+        return Ok(program);
+    }
+    let _guard = manager.install_lock().lock().await;
+    if let Some((program, _)) = binary::find(
+        env.opencode_bin.as_deref(),
+        config.opencode_bin.as_deref(),
+        &config.paths,
+    )
+    .map_err(not_found)?
+    {
+        return Ok(program);
+    }
+    progress.step(format!(
+        "opencode not found; installing opencode-ai@{} with npm (once)",
+        crate::config::OPENCODE_VERSION
+    ));
+    binary::install(&config.paths).await.map_err(not_found)
+}
+
+struct NotReady {
+    reply: Reply,
+    still_running: bool,
+}
+
+/// Waits for the listening line in the log (then a healthy answer), the process's exit, or the deadline.
+async fn wait_ready(
+    child: &mut tokio::process::Child,
+    api: &InstanceApi,
+    log: &Path,
+    log_start: u64,
+    timeout: Duration,
+) -> Result<(), NotReady> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Poll health even without the line after a while, in case a future OpenCode prints it differently.
+    let poll_anyway_after = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = log_tail_since(log, log_start);
+            let port_busy = tail.iter().any(|l| l.contains("ServeError"));
+            let (code, hint) = if port_busy {
+                (
+                    ErrorCode::PortUnavailable,
+                    "OpenCode could not listen on its port; another process may have taken it. Call start again to pick another port",
+                )
+            } else {
+                (
+                    ErrorCode::OpencodeStartFailed,
+                    "see the log tail above and the project's log file",
+                )
+            };
+            let mut reply = Reply::error(
+                code,
+                format!(
+                    "OpenCode exited before it was ready ({}); log tail: {}",
+                    describe_exit(status),
+                    tail.join(" | ")
+                ),
+                hint,
+            );
+            reply.lines = Some(tail);
+            return Err(NotReady {
+                reply,
+                still_running: false,
+            });
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let tail = log_tail_since(log, log_start);
+            let mut reply = Reply::error(
+                ErrorCode::OpencodeUnhealthy,
+                format!(
+                    "OpenCode did not become healthy within {}s",
+                    timeout.as_secs()
+                ),
+                "see the log tail; the process was stopped",
+            );
+            reply.lines = Some(tail);
+            return Err(NotReady {
+                reply,
+                still_running: true,
+            });
+        }
+        let listening = log_since(log, log_start).contains(LISTENING);
+        if (listening || now >= poll_anyway_after)
+            && api.health(Duration::from_millis(500)).await.is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn log_since(log: &Path, start: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(log) {
+        let _ = file.seek(SeekFrom::Start(start));
+        let _ = file.take(1024 * 1024).read_to_string(&mut text);
+    }
+    text
+}
+
+fn log_tail_since(log: &Path, start: u64) -> Vec<String> {
+    let text = log_since(log, start);
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(crate::logs::strip_ansi)
+        .collect();
+    lines[lines.len().saturating_sub(20)..].to_vec()
+}
+
+/// "exit code 3" or "killed by signal 9".
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => "unknown exit".into(),
+    }
+}
+
+/// Records how a spawned Instance ends, if it is still the recorded launch.
+fn watch_exit(
+    manager: Manager,
+    project: ProjectName,
+    launch_id: String,
+    mut child: tokio::process::Child,
+) {
+    tokio::spawn(async move {
+        let Ok(status) = child.wait().await else {
+            return;
+        };
+        let how = describe_exit(status);
+        let _ = manager.store().update(|s| {
+            if let Some(r) = s.projects.get_mut(project.as_str())
+                && r.instance.proc().is_some_and(|(_, id)| id == launch_id)
+            {
+                tracing::warn!(project = %project, "opencode exited unexpectedly ({how})");
+                r.instance = InstanceRecord::Stopped {
+                    last_exit: Some(format!(
+                        "exited unexpectedly ({how}) at {}",
+                        crate::timestamp::now()
+                    )),
+                };
+            }
+        });
+    });
+}
+
+fn internal(message: String) -> Reply {
+    tracing::error!("{message}");
+    Reply::error(ErrorCode::Internal, message, "see manager.log")
+}

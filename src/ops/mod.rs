@@ -1,0 +1,213 @@
+//! The application API: one file per operation, shared by every transport (CLI, MCP, dashboard).
+//!
+//! [`Manager`] is a cheap handle to the daemon's single owner of state and Instances. Operations on
+//! one Project are serialised by a per-Project lock; different Projects proceed in parallel, and a
+//! second `start` of a Project whose start is in flight joins it instead of racing it. Operations
+//! return a [`reply::Reply`]; they never print.
+
+pub mod destroy;
+pub mod launch;
+pub mod list;
+pub mod logs;
+pub mod reconcile;
+pub mod reply;
+pub mod restart;
+pub mod start;
+pub mod status;
+pub mod stop;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::project::ProjectName;
+use crate::project_env::Mode;
+use crate::state::store::{Store, StoreError};
+use reply::{ErrorCode, Reply};
+
+/// Settings that travel with each request: those of the process the user started, not the daemon's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CallerSettings {
+    /// The caller's `ENVIRONMENT` (`development`/`dev` selects dev mode).
+    pub environment: Option<String>,
+}
+
+impl CallerSettings {
+    pub fn mode(&self) -> Mode {
+        Mode::from_environment_var(self.environment.as_deref())
+    }
+}
+
+/// Where an operation reports its steps (MCP progress notifications, CLI stderr lines).
+#[derive(Clone, Default)]
+pub struct Progress(Option<mpsc::UnboundedSender<String>>);
+
+impl Progress {
+    pub fn to(sender: mpsc::UnboundedSender<String>) -> Progress {
+        Progress(Some(sender))
+    }
+
+    pub fn step(&self, message: impl Into<String>) {
+        if let Some(sender) = &self.0 {
+            let _ = sender.send(message.into());
+        }
+    }
+}
+
+/// The daemon's handle on everything it owns.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    /// Told once to whoever asks for `list` or `status` (a migrated or corrupt state file).
+    notices: Vec<String>,
+    // std mutexes: held only to look up or insert an entry, never across an `.await`.
+    project_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    starts_in_flight: Mutex<HashMap<String, watch::Receiver<Option<Reply>>>>,
+    /// Serialises the one-time npm install of the managed OpenCode.
+    install_lock: tokio::sync::Mutex<()>,
+}
+
+impl Manager {
+    /// Opens the state file; `notices` from migration or a corrupt file are kept for replies.
+    pub fn open(config: Config) -> Result<Manager, StoreError> {
+        let (store, report) = Store::open(&config.paths)?;
+        for notice in &report.notices {
+            tracing::warn!("{notice}");
+        }
+        Ok(Manager {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                notices: report.notices,
+                project_locks: Mutex::default(),
+                starts_in_flight: Mutex::default(),
+                install_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn notices(&self) -> &[String] {
+        &self.inner.notices
+    }
+
+    /// Waits for exclusive use of one Project.
+    pub async fn lock_project(&self, project: &ProjectName) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .inner
+                .project_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks
+                .entry(project.as_str().to_owned())
+                .or_default()
+                .clone()
+        };
+        lock.lock_owned().await
+    }
+
+    pub(crate) fn install_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.install_lock
+    }
+
+    /// Names of all known Projects, for "not found" hints.
+    pub fn known_projects(&self) -> Vec<String> {
+        self.store().snapshot().projects.into_keys().collect()
+    }
+
+    /// Whether any Instance is running or starting (the daemon lingers while none is).
+    pub fn any_instance_alive(&self) -> bool {
+        self.store()
+            .snapshot()
+            .projects
+            .values()
+            .filter_map(|record| record.instance.proc())
+            .any(|(proc, _)| crate::instance::process::is_alive(proc))
+    }
+
+    /// Turns a state write failure into a reply.
+    pub(crate) fn store_failure(err: StoreError) -> Reply {
+        let code = if err.code() == "state_corrupt" {
+            ErrorCode::StateCorrupt
+        } else {
+            ErrorCode::Internal
+        };
+        tracing::error!("{err}");
+        Reply::error(
+            code,
+            err.to_string(),
+            "check the manager home's permissions and free space; see manager.log",
+        )
+    }
+
+    pub(crate) fn sandbox_display(&self, project: &ProjectName) -> String {
+        self.config().paths.sandbox(project).display().to_string()
+    }
+
+    pub(crate) fn gateway_url(&self) -> (String, u16) {
+        let port = self.config().gateway_port;
+        (format!("http://127.0.0.1:{port}/mcp"), port)
+    }
+}
+
+/// Joins or starts the one in-flight `start` of a Project. Every caller gets the same reply.
+pub(crate) async fn join_in_flight<F>(manager: &Manager, project: &ProjectName, run: F) -> Reply
+where
+    F: std::future::Future<Output = Reply> + Send + 'static,
+{
+    let key = project.as_str().to_owned();
+    let (mut receiver, sender) = {
+        let mut in_flight = manager
+            .inner
+            .starts_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match in_flight.get(&key) {
+            Some(receiver) => (receiver.clone(), None),
+            None => {
+                let (sender, receiver) = watch::channel(None);
+                in_flight.insert(key.clone(), receiver.clone());
+                (receiver, Some(sender))
+            }
+        }
+    };
+    if let Some(sender) = sender {
+        // The start runs as its own task, so a client that disconnects or cancels never leaves a
+        // half-done start behind: the task finishes and records its outcome.
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let reply = run.await;
+            manager
+                .inner
+                .starts_in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            let _ = sender.send(Some(reply));
+        });
+    }
+    match receiver.wait_for(Option::is_some).await {
+        Ok(reply) => reply.clone().unwrap_or_default(),
+        Err(_) => Reply::error(
+            ErrorCode::Internal,
+            "the start task ended without a reply",
+            "see manager.log",
+        ),
+    }
+}

@@ -1,0 +1,117 @@
+//! Bringing recorded state and living processes into agreement: once when the daemon starts
+//! (adopt what is alive and provably ours, mark the rest stopped, sweep strays), and periodically
+//! for Instances the daemon adopted and so cannot `wait` for.
+//!
+//! Never signals a process unless it is provably ours: the recorded identity (pid + start time) for
+//! an Instance, or this home's marker for processes an earlier daemon started.
+
+use std::time::Duration;
+
+use super::Manager;
+use crate::instance::api::InstanceApi;
+use crate::instance::process;
+use crate::project::ProjectName;
+use crate::state::InstanceRecord;
+
+/// Adopts living Instances, records dead ones, and kills unrecorded processes of this home.
+pub async fn on_daemon_start(manager: &Manager) {
+    let paths = &manager.config().paths;
+    let state = manager.store().snapshot();
+    for (name, record) in &state.projects {
+        let Ok(project) = ProjectName::parse(name) else {
+            continue;
+        };
+        let current_marker = record
+            .instance
+            .proc()
+            .map(|(_, launch_id)| crate::sandbox::marker(paths, &project, launch_id));
+        match record.instance.proc() {
+            Some((proc, launch_id)) if process::is_alive(proc) => {
+                let ready = match (&record.instance, record.port) {
+                    (InstanceRecord::Running { .. }, _) => true,
+                    (_, Some(port)) => match crate::project_env::load(&paths.env_file(&project)) {
+                        Ok(env) => InstanceApi::new(port, env.password)
+                            .health(Duration::from_secs(2))
+                            .await
+                            .is_ok(),
+                        Err(_) => false,
+                    },
+                    _ => false,
+                };
+                if ready {
+                    tracing::info!(project = %project, pid = proc.pid, "adopted running opencode");
+                    let launch_id = launch_id.to_owned();
+                    let _ = manager.store().update(|s| {
+                        if let Some(r) = s.projects.get_mut(name)
+                            && let InstanceRecord::Starting { proc, .. } = r.instance
+                        {
+                            r.instance = InstanceRecord::Running {
+                                proc,
+                                launch_id,
+                                started_at: crate::timestamp::now(),
+                            };
+                        }
+                    });
+                } else {
+                    tracing::warn!(project = %project, pid = proc.pid, "an earlier daemon stopped during this instance's start; stopping it");
+                    let marker = current_marker.clone().unwrap_or_default();
+                    process::terminate(proc, &marker, Duration::from_secs(2)).await;
+                    let _ = manager.store().update(|s| {
+                        if let Some(r) = s.projects.get_mut(name) {
+                            r.instance = InstanceRecord::Failed {
+                                error: "the daemon stopped while this instance was starting, and it was not healthy afterwards".into(),
+                                at: crate::timestamp::now(),
+                            };
+                        }
+                    });
+                }
+            }
+            Some(_) => mark_exited(manager, name, "exited while no daemon was watching it"),
+            None => {}
+        }
+        let prefix = crate::sandbox::marker_prefix(paths, &project);
+        let keep = current_marker.filter(|_| {
+            record
+                .instance
+                .proc()
+                .is_some_and(|(p, _)| process::is_alive(p))
+        });
+        let swept =
+            process::sweep(|value| value.starts_with(&prefix) && Some(value) != keep.as_deref())
+                .await;
+        if swept > 0 {
+            tracing::warn!(project = %project, swept, "killed unrecorded processes left by an earlier daemon");
+        }
+    }
+}
+
+/// Records Instances that died without the daemon seeing them (adopted ones are not its children).
+pub fn check_liveness(manager: &Manager) {
+    let state = manager.store().snapshot();
+    for (name, record) in &state.projects {
+        if let Some((proc, _)) = record.instance.proc()
+            && !process::is_alive(proc)
+        {
+            mark_exited(
+                manager,
+                name,
+                "exited unexpectedly (exit status unknown: the process was adopted)",
+            );
+        }
+    }
+}
+
+fn mark_exited(manager: &Manager, name: &str, why: &str) {
+    let _ = manager.store().update(|s| {
+        if let Some(r) = s.projects.get_mut(name)
+            && r.instance
+                .proc()
+                .is_some_and(|(proc, _)| !process::is_alive(proc))
+        {
+            tracing::warn!(project = name, "opencode {why}");
+            r.instance = InstanceRecord::Stopped {
+                last_exit: Some(format!("{why} (noticed at {})", crate::timestamp::now())),
+            };
+        }
+    });
+}

@@ -1,0 +1,248 @@
+//! The reply object every operation returns: the contract shared by the CLI's `--json`, the daemon
+//! socket and (later) the MCP tools.
+//!
+//! It keeps the Python original's keys and status words so existing prompts keep working, and adds
+//! typed fields. It is built by hand from state and observations; no state type is serialised into
+//! it, and no [`crate::secrets::Secret`] can be placed in it (there is no field of that type).
+
+use serde::{Deserialize, Serialize};
+
+/// The status vocabulary of the original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Success,
+    /// `status` answers `ok`, as the original did.
+    Ok,
+    AlreadyRunning,
+    WaitingForKey,
+    WaitingForPasswords,
+    NotFound,
+    Error,
+}
+
+/// Stable error codes (`error` key), each with a documented meaning in docs/tools.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidProjectName,
+    InvalidGitUrl,
+    InvalidConfig,
+    InvalidSshKey,
+    GitUnreachable,
+    CloneFailed,
+    OpencodeNotFound,
+    PortUnavailable,
+    OpencodeStartFailed,
+    OpencodeUnhealthy,
+    UnsavedWork,
+    StateCorrupt,
+    DaemonUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether the user gave bad input (CLI exit code 2).
+    pub fn is_invalid_input(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::InvalidProjectName
+                | ErrorCode::InvalidGitUrl
+                | ErrorCode::InvalidConfig
+                | ErrorCode::InvalidSshKey
+        )
+    }
+
+    pub fn parse(code: &str) -> Option<ErrorCode> {
+        serde_json::from_value(serde_json::Value::String(code.to_owned())).ok()
+    }
+}
+
+/// The original's nested `opencode` object in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpencodeInfo {
+    pub pid: Option<i32>,
+    pub port: Option<u16>,
+    pub status: String,
+    pub running: bool,
+}
+
+/// One row of `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectSummary {
+    pub name: String,
+    pub status: String,
+    pub opencode_running: bool,
+    pub opencode_port: Option<u16>,
+    pub opencode_pid: Option<i32>,
+    pub sandbox_dir: String,
+}
+
+/// Which model provider an Instance will use (`GET /config/providers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderReport {
+    /// Configured, usable provider ids; empty means prompts will fail.
+    pub providers: Vec<String>,
+    /// The default `provider/model`, when OpenCode has one.
+    pub model: Option<String>,
+}
+
+/// A reply: `status` plus the fields that apply. Absent fields are omitted from the JSON.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opencode_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opencode_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opencode_pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_tool_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_tool_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opencode: Option<OpencodeInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_health_check: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<ProjectSummary>>,
+    /// What `destroy` refused to delete, or what `stop --all` stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl Reply {
+    pub fn new(status: Status, message: impl Into<String>) -> Reply {
+        Reply {
+            status: Some(status),
+            message: Some(message.into()),
+            ..Reply::default()
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>, hint: impl Into<String>) -> Reply {
+        Reply {
+            status: Some(Status::Error),
+            error: Some(code),
+            message: Some(message.into()),
+            hint: Some(hint.into()),
+            ..Reply::default()
+        }
+    }
+
+    pub fn not_found(project: &str, known: &[String]) -> Reply {
+        let hint = if known.is_empty() {
+            "no projects exist yet; create one with opencode_start".to_owned()
+        } else {
+            format!("known projects: {}", known.join(", "))
+        };
+        Reply {
+            project: Some(project.to_owned()),
+            hint: Some(hint),
+            ..Reply::new(Status::NotFound, format!("Project {project} not found"))
+        }
+    }
+
+    pub fn with_project(mut self, project: &str) -> Reply {
+        self.project = Some(project.to_owned());
+        self
+    }
+
+    /// Appends a warning line (warnings accumulate, one per line).
+    pub fn warn(mut self, warning: impl Into<String>) -> Reply {
+        let warning = warning.into();
+        self.warning = Some(match self.warning.take() {
+            Some(previous) => format!("{previous}\n{warning}"),
+            None => warning,
+        });
+        self
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.unwrap_or(Status::Error)
+    }
+
+    /// The CLI exit code: 0 done, 3 the user must act, 2 invalid input, 1 any other failure.
+    pub fn exit_code(&self) -> u8 {
+        match self.status() {
+            Status::Success | Status::Ok | Status::AlreadyRunning => 0,
+            Status::WaitingForKey | Status::WaitingForPasswords => 3,
+            Status::NotFound => 1,
+            Status::Error => match self.error {
+                Some(code) if code.is_invalid_input() => 2,
+                _ => 1,
+            },
+        }
+    }
+}
+
+impl From<crate::project::InputError> for Reply {
+    fn from(err: crate::project::InputError) -> Reply {
+        let code = ErrorCode::parse(err.code).unwrap_or(ErrorCode::Internal);
+        Reply::error(code, err.message, err.hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_contract() {
+        assert_eq!(Reply::new(Status::Success, "").exit_code(), 0);
+        assert_eq!(Reply::new(Status::AlreadyRunning, "").exit_code(), 0);
+        assert_eq!(Reply::new(Status::WaitingForKey, "").exit_code(), 3);
+        assert_eq!(Reply::new(Status::WaitingForPasswords, "").exit_code(), 3);
+        assert_eq!(
+            Reply::error(ErrorCode::InvalidGitUrl, "", "").exit_code(),
+            2
+        );
+        assert_eq!(Reply::error(ErrorCode::CloneFailed, "", "").exit_code(), 1);
+        assert_eq!(Reply::not_found("x", &[]).exit_code(), 1);
+    }
+
+    #[test]
+    fn absent_fields_are_omitted_and_codes_are_snake_case() {
+        let json = serde_json::to_value(Reply::error(ErrorCode::OpencodeNotFound, "m", "h"))
+            .expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"status":"error","error":"opencode_not_found","message":"m","hint":"h"})
+        );
+    }
+}

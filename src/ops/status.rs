@@ -1,0 +1,94 @@
+//! `status`: what is known about one Project, checked against the living process and its HTTP API.
+//!
+//! Read-only except for `last_health_check`, which records a real health probe (the original
+//! stamped the time of the query). Never overwrites a `failed` record.
+
+use std::time::Duration;
+
+use super::Manager;
+use super::reply::{OpencodeInfo, ProviderReport, Reply, Status};
+use crate::instance::api::InstanceApi;
+use crate::instance::process;
+use crate::project::ProjectName;
+use crate::state::InstanceRecord;
+
+pub async fn status(manager: &Manager, project_name: &str) -> Reply {
+    let project = match ProjectName::parse(project_name) {
+        Ok(project) => project,
+        Err(err) => return err.into(),
+    };
+    let Some(record) = manager
+        .store()
+        .snapshot()
+        .projects
+        .get(project.as_str())
+        .cloned()
+    else {
+        return Reply::not_found(project.as_str(), &manager.known_projects());
+    };
+    let alive = record
+        .instance
+        .proc()
+        .filter(|(proc, _)| process::is_alive(*proc));
+    let (pid, status_word) = match (&record.instance, alive) {
+        (InstanceRecord::Running { .. } | InstanceRecord::Starting { .. }, None) => {
+            (None, "stopped")
+        }
+        (instance, _) => (alive.map(|(p, _)| p.pid), instance.status_word()),
+    };
+    let mut reply = Reply::new(Status::Ok, format!("Project {project} is {status_word}"))
+        .with_project(project.as_str());
+    reply.opencode = Some(OpencodeInfo {
+        pid,
+        port: record.port,
+        status: status_word.to_owned(),
+        running: alive.is_some(),
+    });
+    reply.opencode_pid = pid;
+    reply.opencode_port = record.port;
+    reply.sandbox_dir = Some(manager.sandbox_display(&project));
+    reply.git_url = Some(record.git_url.clone());
+    reply.created_at = Some(record.created_at.clone());
+    reply.last_health_check = record.last_health_check.clone();
+    match &record.instance {
+        InstanceRecord::Running { started_at, .. } => reply.started_at = Some(started_at.clone()),
+        InstanceRecord::Stopped { last_exit } => reply.last_exit = last_exit.clone(),
+        InstanceRecord::Failed { error, .. } => reply.last_error = Some(error.clone()),
+        InstanceRecord::Starting { .. } => {}
+    }
+    let (mcp_tool_url, mcp_tool_port) = manager.gateway_url();
+    reply.mcp_tool_url = Some(mcp_tool_url);
+    reply.mcp_tool_port = Some(mcp_tool_port);
+    if let (Some(_), Some(port)) = (alive, record.port) {
+        reply.opencode_url = Some(format!("http://127.0.0.1:{port}"));
+        if let Ok(env) = crate::project_env::load(&manager.config().paths.env_file(&project)) {
+            let api = InstanceApi::new(port, env.password);
+            match api.health(Duration::from_secs(2)).await {
+                Ok(()) => {
+                    let now = crate::timestamp::now();
+                    reply.last_health_check = Some(now.clone());
+                    let _ = manager.store().update(|s| {
+                        if let Some(r) = s.projects.get_mut(project.as_str()) {
+                            r.last_health_check = Some(now);
+                        }
+                    });
+                    if let Ok(info) = api.providers(Duration::from_secs(5)).await {
+                        reply.provider = Some(ProviderReport {
+                            providers: info.providers,
+                            model: info.default_model,
+                        });
+                    }
+                }
+                Err(err) => {
+                    reply = reply.warn(format!(
+                        "the instance is running but its health check failed: {err}"
+                    ))
+                }
+            }
+        }
+    }
+    for notice in manager.notices() {
+        reply = reply.warn(notice.clone());
+    }
+    reply
+}

@@ -1,0 +1,126 @@
+//! `stop` and `stop --all`: end a Project's Instance and everything it started; keep the Sandbox.
+//!
+//! The verified sequence (testing-recipes §4): `POST /global/dispose` so OpenCode ends its tools,
+//! SIGTERM to the group, SIGKILL after a grace period, then a sweep of processes carrying the
+//! Instance's marker. Stopping a stopped Project succeeds and changes nothing. A process that cannot
+//! be proven to be ours is never signalled.
+
+use std::time::Duration;
+
+use super::Manager;
+use super::reply::{Reply, Status};
+use crate::instance::api::InstanceApi;
+use crate::instance::process;
+use crate::project::ProjectName;
+use crate::state::{Desired, InstanceRecord};
+
+/// How long an Instance gets to exit after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(2);
+
+pub async fn stop(manager: &Manager, project_name: &str) -> Reply {
+    let project = match ProjectName::parse(project_name) {
+        Ok(project) => project,
+        Err(err) => return err.into(),
+    };
+    if !manager
+        .store()
+        .snapshot()
+        .projects
+        .contains_key(project.as_str())
+    {
+        return Reply::not_found(project.as_str(), &manager.known_projects());
+    }
+    let _guard = manager.lock_project(&project).await;
+    match stop_locked(manager, &project, "stopped by user").await {
+        Ok(true) => Reply::new(Status::Success, "Project stopped").with_project(project.as_str()),
+        Ok(false) => Reply::new(Status::Success, "Project was not running; nothing to stop")
+            .with_project(project.as_str()),
+        Err(reply) => reply.with_project(project.as_str()),
+    }
+}
+
+pub async fn stop_all(manager: &Manager) -> Reply {
+    let names: Vec<String> = manager.known_projects();
+    let mut stopped = Vec::new();
+    for name in names {
+        let Ok(project) = ProjectName::parse(&name) else {
+            continue;
+        };
+        let _guard = manager.lock_project(&project).await;
+        match stop_locked(manager, &project, "stopped by user (stop --all)").await {
+            Ok(true) => stopped.push(name),
+            Ok(false) => {}
+            Err(reply) => return reply,
+        }
+    }
+    let mut reply = Reply::new(
+        Status::Success,
+        format!("{} project(s) stopped", stopped.len()),
+    );
+    reply.items = Some(stopped);
+    reply
+}
+
+/// Stops the Instance of a Project whose lock the caller holds. Returns whether one was running.
+pub(crate) async fn stop_locked(
+    manager: &Manager,
+    project: &ProjectName,
+    reason: &str,
+) -> Result<bool, Reply> {
+    let paths = &manager.config().paths;
+    let Some(record) = manager
+        .store()
+        .snapshot()
+        .projects
+        .get(project.as_str())
+        .cloned()
+    else {
+        return Ok(false);
+    };
+    let mut was_running = false;
+    if let Some((proc, launch_id)) = record.instance.proc()
+        && process::is_alive(proc)
+    {
+        was_running = true;
+        if let (Some(port), Ok(env)) = (
+            record.port,
+            crate::project_env::load(&paths.env_file(project)),
+        ) {
+            let _ = InstanceApi::new(port, env.password)
+                .dispose(Duration::from_secs(2))
+                .await;
+        }
+        let marker = crate::sandbox::marker(paths, project, launch_id);
+        let report = process::terminate(proc, &marker, GRACE).await;
+        tracing::info!(project = %project, killed = report.killed, swept = report.swept, "stopped opencode ({reason})");
+    }
+    // Anything else that carries this Project's marker (an earlier launch a crashed daemon never
+    // recorded) is ours too, and must not outlive a stop.
+    let prefix = crate::sandbox::marker_prefix(paths, project);
+    let swept = process::sweep(|value| value.starts_with(&prefix)).await;
+    if swept > 0 {
+        tracing::warn!(project = %project, swept, "killed leftover processes of earlier launches");
+    }
+    let changed = record.desired != Desired::Stopped
+        || !matches!(
+            record.instance,
+            InstanceRecord::Stopped { .. } | InstanceRecord::Failed { .. }
+        );
+    if changed {
+        manager
+            .store()
+            .update(|s| {
+                if let Some(r) = s.projects.get_mut(project.as_str()) {
+                    r.desired = Desired::Stopped;
+                    if was_running || r.instance.proc().is_some() {
+                        r.instance = InstanceRecord::Stopped {
+                            last_exit: Some(format!("{reason} at {}", crate::timestamp::now())),
+                        };
+                    }
+                }
+            })
+            .map_err(Manager::store_failure)?;
+    }
+    let _ = crate::atomic_file::remove_if_present(&paths.pid_file(project));
+    Ok(was_running)
+}

@@ -1,0 +1,235 @@
+//! A Project's Sandbox on disk and the environment its Instance runs with.
+//!
+//! Owns the directory layout under `opencode-sandboxes/<project>/` (0700 directories, the sandbox
+//! `.gitignore`, the Instance's private HOME/XDG/TMPDIR roots) and the Instance environment, which is
+//! built from an allowlist: every process the agent starts inherits it, so it holds nothing the agent
+//! may not see (no gateway token, no other Project's secret).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::atomic_file;
+use crate::config::{Config, OPENCODE_VERSION, Paths};
+use crate::instance::process::MARKER_VAR;
+use crate::project::ProjectName;
+use crate::secrets::Secret;
+
+const GITIGNORE: &str = ".env\n.env.*\n*.env\n*.pid\n*.log\ninstance/\n";
+
+/// Variables taken from the daemon's own environment; everything else is dropped.
+const INHERITED: [&str; 5] = ["PATH", "LANG", "LC_ALL", "TZ", "TERM"];
+
+/// Creates the Sandbox directory (0700) and its `.gitignore`; idempotent.
+pub fn create(paths: &Paths, project: &ProjectName) -> io::Result<PathBuf> {
+    let sandbox = paths.sandbox(project);
+    atomic_file::private_dir(&sandbox)?;
+    match atomic_file::create_new(
+        &sandbox.join(".gitignore"),
+        GITIGNORE.as_bytes(),
+        atomic_file::PUBLIC,
+    ) {
+        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
+        _ => {}
+    }
+    Ok(sandbox)
+}
+
+/// The Instance's private directories, created on demand.
+#[derive(Debug, Clone)]
+pub struct InstanceDirs {
+    pub home: PathBuf,
+    pub data: PathBuf,
+    pub config: PathBuf,
+    pub state: PathBuf,
+    pub cache: PathBuf,
+    pub tmp: PathBuf,
+}
+
+impl InstanceDirs {
+    pub fn of(paths: &Paths, project: &ProjectName) -> InstanceDirs {
+        let root = paths.instance_dir(project);
+        InstanceDirs {
+            home: root.join("home"),
+            data: root.join("data"),
+            config: root.join("config"),
+            state: root.join("state"),
+            cache: root.join("cache"),
+            tmp: root.join("tmp"),
+        }
+    }
+
+    /// Creates the directories; with `seed_plugin_stub`, also the stub that makes OpenCode skip its
+    /// background npm install of its plugin package (testing-recipes §3.3), so an Instance starts
+    /// without network access or 64 MB of downloads.
+    pub fn create(&self, seed_plugin_stub: bool) -> io::Result<()> {
+        for dir in [
+            &self.home,
+            &self.data,
+            &self.config,
+            &self.state,
+            &self.cache,
+            &self.tmp,
+        ] {
+            atomic_file::private_dir(dir)?;
+        }
+        if seed_plugin_stub {
+            let opencode_config = self.config.join("opencode");
+            atomic_file::private_dir(&opencode_config.join("node_modules"))?;
+            let lock = format!(
+                "{{\"lockfileVersion\":3,\"packages\":{{\"\":{{\"dependencies\":{{\"@opencode-ai/plugin\":\"{OPENCODE_VERSION}\"}}}}}}}}\n"
+            );
+            match atomic_file::create_new(
+                &opencode_config.join("package-lock.json"),
+                lock.as_bytes(),
+                atomic_file::PRIVATE,
+            ) {
+                Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The marker value of one launch: the home, the Project and the launch, so a sweep never touches
+/// another home's or another launch's processes.
+pub fn marker(paths: &Paths, project: &ProjectName, launch_id: &str) -> String {
+    format!("{}:{project}:{launch_id}", home_tag(paths.home()))
+}
+
+/// The marker prefix shared by every launch of a Project in this home.
+pub fn marker_prefix(paths: &Paths, project: &ProjectName) -> String {
+    format!("{}:{project}:", home_tag(paths.home()))
+}
+
+fn home_tag(home: &Path) -> String {
+    let hash = home
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
+/// What goes into an Instance's environment besides the inherited allowlist.
+pub struct InstanceEnvSpec<'a> {
+    pub config: &'a Config,
+    pub dirs: &'a InstanceDirs,
+    pub password: &'a Secret,
+    pub marker: &'a str,
+    /// Provider keys and OpenCode settings from this Project's `.env`.
+    pub project_vars: &'a [(String, Secret)],
+}
+
+/// The complete environment of an Instance. Later entries win, so `.env` values override the
+/// manager-wide `instance_env`, and the isolation variables override both.
+pub fn instance_env(
+    spec: &InstanceEnvSpec<'_>,
+    inherited: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = INHERITED
+        .iter()
+        .filter_map(|k| inherited(k).map(|v| (k.to_string(), v)))
+        .collect();
+    env.extend(
+        spec.config
+            .instance_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    env.extend(
+        spec.project_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned())),
+    );
+    let opencode_config = spec.config.paths.opencode_config();
+    if opencode_config.is_file() {
+        env.push((
+            "OPENCODE_CONFIG".into(),
+            opencode_config.to_string_lossy().into_owned(),
+        ));
+    }
+    let dirs = spec.dirs;
+    for (key, dir) in [
+        ("HOME", &dirs.home),
+        ("XDG_DATA_HOME", &dirs.data),
+        ("XDG_CONFIG_HOME", &dirs.config),
+        ("XDG_STATE_HOME", &dirs.state),
+        ("XDG_CACHE_HOME", &dirs.cache),
+        ("TMPDIR", &dirs.tmp),
+    ] {
+        env.push((key.into(), dir.to_string_lossy().into_owned()));
+    }
+    env.push((
+        "OPENCODE_SERVER_PASSWORD".into(),
+        spec.password.expose().to_owned(),
+    ));
+    env.push((MARKER_VAR.into(), spec.marker.to_owned()));
+    dedupe_last_wins(env)
+}
+
+fn dedupe_last_wins(env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(env.len());
+    for (key, value) in env {
+        out.retain(|(k, _)| *k != key);
+        out.push((key, value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_instance_env_is_an_allowlist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path().to_owned());
+        let config = Config::load(paths.clone()).expect("config");
+        let project = ProjectName::parse("demo").expect("name");
+        let dirs = InstanceDirs::of(&paths, &project);
+        let password = Secret::new("pw".into());
+        let vars = vec![
+            ("OPENAI_API_KEY".to_string(), Secret::new("sk".into())),
+            ("HOME".to_string(), Secret::new("/evil".into())),
+        ];
+        let spec = InstanceEnvSpec {
+            config: &config,
+            dirs: &dirs,
+            password: &password,
+            marker: "m",
+            project_vars: &vars,
+        };
+        let env = instance_env(&spec, |k| match k {
+            "PATH" => Some("/usr/bin".into()),
+            _ => Some(format!("leaked-{k}")),
+        });
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("PATH"), Some("/usr/bin"));
+        assert_eq!(get("OPENAI_API_KEY"), Some("sk"));
+        assert_eq!(
+            get("HOME"),
+            Some(dirs.home.to_str().expect("utf8")),
+            "isolation wins over .env"
+        );
+        assert_eq!(get("OPENCODE_SERVER_PASSWORD"), Some("pw"));
+        assert_eq!(get(MARKER_VAR), Some("m"));
+        assert_eq!(get("GLOBAL_MCP_BEARER_TOKEN"), None);
+        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+    }
+
+    #[test]
+    fn markers_differ_per_home_and_share_a_project_prefix() {
+        let project = ProjectName::parse("demo").expect("name");
+        let a = Paths::new("/h/a".into());
+        let b = Paths::new("/h/b".into());
+        assert_ne!(marker(&a, &project, "1"), marker(&b, &project, "1"));
+        assert!(marker(&a, &project, "1").starts_with(&marker_prefix(&a, &project)));
+    }
+}

@@ -1,0 +1,258 @@
+//! The only reader and writer of `opencode-state.json`.
+//!
+//! The daemon holds the [`State`] in memory and writes through on every change: under a sidecar
+//! lock (`opencode-state.lock`, since the rename swaps the JSON file's inode), to a 0600 temp file,
+//! fsync, rename, fsync of the directory. A corrupt file is moved aside and reported, never reset
+//! silently; a file from the Python original is backed up to `opencode-state.json.backup` and migrated.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::State;
+use super::migrate::{self, Loaded, MigrateError};
+use crate::atomic_file;
+use crate::config::Paths;
+
+/// A state file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state file {path} is unusable: {reason}")]
+    Unusable { path: PathBuf, reason: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Unusable { .. } => "state_corrupt",
+            StoreError::Io { .. } => "internal",
+        }
+    }
+}
+
+/// The in-memory state and its file.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    lock_path: PathBuf,
+    // A std mutex: no `.await` ever happens while it is held; each update is one short unit of work.
+    state: Mutex<State>,
+}
+
+/// What happened while opening, for the log and for replies.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub notices: Vec<String>,
+}
+
+impl Store {
+    /// Loads the state file, migrating or moving aside what needs it.
+    pub fn open(paths: &Paths) -> Result<(Store, OpenReport), StoreError> {
+        let path = paths.state_file();
+        let lock_path = paths.state_lock();
+        let mut report = OpenReport::default();
+        let _lock = lock(&lock_path)?;
+        let state = match std::fs::read_to_string(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "reading",
+                    path,
+                    source,
+                });
+            }
+            Ok(text) => match migrate::from_json(&text) {
+                Ok(Loaded::Current(state)) => state,
+                Ok(Loaded::Migrated { state, from, notes }) => {
+                    let backup = PathBuf::from(format!("{}.backup", path.display()));
+                    atomic_file::replace(&backup, text.as_bytes(), atomic_file::PRIVATE).map_err(
+                        |source| StoreError::Io {
+                            action: "writing backup",
+                            path: backup.clone(),
+                            source,
+                        },
+                    )?;
+                    write(&path, &state)?;
+                    report.notices.push(format!(
+                        "migrated {} from the Python original's {} format; the old file is kept at {}",
+                        path.display(),
+                        from.label(),
+                        backup.display()
+                    ));
+                    report.notices.extend(notes);
+                    state
+                }
+                Err(MigrateError::TooNew(version)) => {
+                    return Err(StoreError::Unusable {
+                        path,
+                        reason: format!(
+                            "it has version {version}, newer than this program understands; upgrade opencode-manager"
+                        ),
+                    });
+                }
+                Err(err) => {
+                    let aside = PathBuf::from(format!(
+                        "{}.corrupt-{}",
+                        path.display(),
+                        crate::timestamp::now()
+                    ));
+                    std::fs::rename(&path, &aside).map_err(|source| StoreError::Io {
+                        action: "moving aside corrupt state file",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    report.notices.push(format!(
+                        "state file {} was corrupt ({err}); it was moved to {} and the manager started with no projects; \
+                         sandboxes under opencode-sandboxes/ are untouched",
+                        path.display(),
+                        aside.display()
+                    ));
+                    State::default()
+                }
+            },
+        };
+        Ok((
+            Store {
+                path,
+                lock_path,
+                state: Mutex::new(state),
+            },
+            report,
+        ))
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> State {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Applies `change` and persists the result; on a write failure the in-memory state is rolled back.
+    pub fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> Result<R, StoreError> {
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = guard.clone();
+        let out = change(&mut next);
+        if next != *guard {
+            let _lock = lock(&self.lock_path)?;
+            write(&self.path, &next)?;
+            *guard = next;
+        }
+        Ok(out)
+    }
+}
+
+fn lock(path: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            action: "opening lock",
+            path: path.to_owned(),
+            source,
+        })?;
+    file.lock().map_err(|source| StoreError::Io {
+        action: "locking",
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(file)
+}
+
+fn write(path: &Path, state: &State) -> Result<(), StoreError> {
+    let mut text = serde_json::to_vec_pretty(state).map_err(|err| StoreError::Io {
+        action: "serialising state for",
+        path: path.to_owned(),
+        source: std::io::Error::other(err),
+    })?;
+    text.push(b'\n');
+    atomic_file::replace(path, &text, atomic_file::PRIVATE).map_err(|source| StoreError::Io {
+        action: "writing",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Desired, InstanceRecord, ProjectRecord};
+
+    fn paths() -> (tempfile::TempDir, Paths) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path().to_owned());
+        (dir, paths)
+    }
+
+    fn record(name: &str) -> ProjectRecord {
+        ProjectRecord {
+            project_name: name.into(),
+            sandbox_dir: PathBuf::from("/s").join(name),
+            git_url: "git@h:o/r.git".into(),
+            ssh_key_path: None,
+            port: Some(4100),
+            desired: Desired::Stopped,
+            instance: InstanceRecord::Stopped { last_exit: None },
+            created_at: "2026-11-25T00:00:00Z".into(),
+            last_health_check: None,
+        }
+    }
+
+    #[test]
+    fn updates_persist_and_reload() {
+        let (_dir, paths) = paths();
+        let (store, _) = Store::open(&paths).expect("open");
+        store
+            .update(|s| s.projects.insert("a".into(), record("a")))
+            .expect("update");
+        let (again, report) = Store::open(&paths).expect("reopen");
+        assert!(report.notices.is_empty());
+        assert_eq!(again.snapshot().projects.len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_and_reported() {
+        let (dir, paths) = paths();
+        std::fs::write(paths.state_file(), "{ not json").expect("write");
+        let (store, report) = Store::open(&paths).expect("open");
+        assert!(store.snapshot().projects.is_empty());
+        assert_eq!(report.notices.len(), 1, "{:?}", report.notices);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(aside[0].path()).expect("read"),
+            "{ not json"
+        );
+    }
+
+    #[test]
+    fn python_v1_1_state_is_backed_up_then_migrated() {
+        let (_dir, paths) = paths();
+        let original = include_str!("../../tests/fixtures/python-v1.1-opencode-state.json");
+        std::fs::write(paths.state_file(), original).expect("write");
+        let (store, report) = Store::open(&paths).expect("open");
+        assert!(!store.snapshot().projects.is_empty());
+        assert!(report.notices[0].contains("v1.1"), "{:?}", report.notices);
+        let backup = std::fs::read_to_string(format!("{}.backup", paths.state_file().display()))
+            .expect("backup");
+        assert_eq!(backup, original);
+        let (_, again) = Store::open(&paths).expect("reopen");
+        assert!(again.notices.is_empty(), "migrates once");
+    }
+}
