@@ -102,6 +102,11 @@ pub fn marker_prefix(paths: &Paths, project: &ProjectName) -> String {
     format!("{}:{project}:", home_tag(paths.home()))
 }
 
+/// The marker prefix shared by every Instance of this home.
+pub fn home_marker_prefix(paths: &Paths) -> String {
+    format!("{}:", home_tag(paths.home()))
+}
+
 fn home_tag(home: &Path) -> String {
     let hash = home
         .as_os_str()
