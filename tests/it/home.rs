@@ -1,3 +1,4 @@
+#![allow(clippy::print_stderr)]
 //! `TestHome`: one manager home per test, with its own port range, its own daemon and cleanup of
 //! every process it started. Commands run the real `opencode-manager` binary.
 
@@ -125,7 +126,7 @@ impl TestHome {
 
     pub fn run_in(&self, args: &[&str], environment: Option<&str>) -> Answer {
         let mut all = args.to_vec();
-        all.push("--json");
+        all.insert(1.min(all.len()), "--json");
         let output = self
             .command(&all, environment)
             .output()
@@ -142,7 +143,7 @@ impl TestHome {
 
     pub fn spawn(&self, args: &[&str], environment: Option<&str>) -> std::process::Child {
         let mut all = args.to_vec();
-        all.push("--json");
+        all.insert(1.min(all.len()), "--json");
         self.command(&all, environment)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

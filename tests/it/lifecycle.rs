@@ -140,6 +140,11 @@ fn production_flow_asks_for_passwords_then_the_key_then_runs_isolated() {
         ("success", 0),
         "{started:?}"
     );
+    assert!(
+        started.stderr.contains("cloning the repository"),
+        "progress goes to stderr: {}",
+        started.stderr
+    );
     let pid = started.json["opencode_pid"].as_i64().expect("pid") as i32;
     let port = started.json["opencode_port"].as_u64().expect("port") as u16;
     assert!((home.port_min..=home.port_max).contains(&port));
@@ -355,4 +360,90 @@ fn development_mode_starts_with_generated_secrets_and_survives_a_daemon_kill() {
         &[waiting.json, started.json, status.json],
         &[&password, &token],
     );
+}
+
+#[test]
+fn providers_come_from_the_project_env_and_stop_ends_what_the_agent_started() {
+    let sshd = TestSshd::start();
+    let url = sshd.create_repo("agent");
+    let llm = crate::support::fake_llm::FakeLlm::start();
+    let home = TestHome::real();
+    let waiting = home.run_dev(&["start", "agent", "--git-url", &url]);
+    assert_eq!(waiting.status(), "waiting_for_key", "{waiting:?}");
+    sshd.authorize(waiting.json["public_key"].as_str().expect("public key"));
+    // The provider config reaches this project's instance only, through its .env.
+    let env_path = home.env_file("agent");
+    let text = std::fs::read_to_string(&env_path).expect("read .env");
+    std::fs::write(
+        &env_path,
+        format!(
+            "{text}OPENCODE_CONFIG_CONTENT='{}'\n",
+            llm.config_content("allow")
+        ),
+    )
+    .expect("write .env");
+
+    let started = home.run_dev(&["start", "agent", "--git-url", &url]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    assert_eq!(
+        started.json["provider"],
+        serde_json::json!({"providers": ["fake"], "model": "fake/m1"}),
+        "{started:?}"
+    );
+    assert!(
+        started
+            .json
+            .get("warning")
+            .is_none_or(|w| !w.as_str().unwrap_or("").contains("provider")),
+        "{started:?}"
+    );
+    let port = started.json["opencode_port"].as_u64().expect("port") as u16;
+    let password = env_value(&home, "agent", "OPENCODE_SERVER_PASSWORD");
+
+    // The agent's bash tool starts a long-lived child in its own session.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let child_pid_file = scratch.path().join("child.pid");
+    let timeout = Duration::from_secs(10);
+    let session = crate::support::http(
+        "POST",
+        port,
+        "/session",
+        Some(&password),
+        Some("{}"),
+        timeout,
+    )
+    .expect("create session")
+    .json();
+    let session_id = session["id"].as_str().expect("session id");
+    let prompt = serde_json::json!({"parts": [{"type": "text", "text": format!("RUN: echo $$ > {}; exec sleep 300", child_pid_file.display())}]});
+    let sent = crate::support::http(
+        "POST",
+        port,
+        &format!("/session/{session_id}/prompt_async"),
+        Some(&password),
+        Some(&prompt.to_string()),
+        timeout,
+    )
+    .expect("prompt");
+    assert!(sent.status < 300, "{sent:?}");
+    wait_until(
+        "the agent's child to start",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&child_pid_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok()),
+    );
+    let child: i32 = std::fs::read_to_string(&child_pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(pid_alive(child));
+    assert!(llm.requests() > 0);
+
+    let stopped = home.run(&["stop", "agent"]);
+    assert_eq!(stopped.status(), "success");
+    assert!(
+        !pid_alive(child),
+        "the agent's child did not survive the stop"
+    );
+    assert!(home.marked_processes().is_empty());
 }

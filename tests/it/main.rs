@@ -2,7 +2,9 @@
 //! against the real OpenCode and a real sshd on loopback, plus a fake OpenCode for faults.
 #![allow(unreachable_pub)]
 
+mod faults;
 mod harness_selftest;
 mod home;
+mod inputs;
 mod lifecycle;
 mod support;
