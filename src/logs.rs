@@ -6,6 +6,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -66,7 +67,11 @@ pub fn strip_ansi(line: &str) -> String {
 /// Sends the daemon's tracing output to `manager.log` (appending, rotated first when large).
 pub fn init_daemon_log(path: &Path) -> io::Result<()> {
     rotate_if_large(path, ROTATE_AT_BYTES)?;
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("OPENCODE_MANAGER_LOG")
         .unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()

@@ -5,6 +5,7 @@
 //! client. Two clients racing to start one are safe: the home's lock lets only one daemon run, and
 //! both then connect to it.
 
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -95,6 +96,7 @@ fn open_append(path: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))
 }

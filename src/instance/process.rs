@@ -8,6 +8,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -64,6 +65,7 @@ pub fn spawn_detached(spec: &LaunchSpec) -> io::Result<(tokio::process::Child, P
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&spec.log)?;
     let mut command = std::process::Command::new(&spec.program);
     command

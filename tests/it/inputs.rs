@@ -196,3 +196,83 @@ fn the_human_form_prints_data_on_stdout_and_errors_on_stderr_with_exit_codes() {
     let list = home.run_human(&["list"]);
     assert!(String::from_utf8_lossy(&list.stdout).starts_with("PROJECT"));
 }
+
+#[test]
+fn without_opencode_or_npm_the_error_names_the_command_to_run() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let mut home = TestHome::fake("ok", "allow_file = true");
+    // A PATH with git only: no opencode, no npm.
+    let bin = repos.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let git = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .expect("which")
+            .stdout,
+    )
+    .expect("utf8");
+    std::os::unix::fs::symlink(git.trim(), bin.join("git")).expect("symlink");
+    home.env("PATH", bin.to_str().expect("utf8"));
+    home.env("OPENCODE_BIN", "");
+    let answer = home.run_dev(&["start", "p", "--git-url", &url]);
+    assert_eq!(
+        (answer.error(), answer.code),
+        ("opencode_not_found", 1),
+        "{answer:?}"
+    );
+    let hint = answer.json["hint"].as_str().expect("hint");
+    let runtime = home.path().join("opencode-runtime");
+    assert!(
+        hint.contains(&format!(
+            "npm install --prefix {} opencode-ai@1.18.33",
+            runtime.display()
+        )),
+        "{hint}"
+    );
+}
+
+#[test]
+fn a_missing_opencode_is_installed_with_npm_into_the_home_on_first_need() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let mut home = TestHome::fake("ok", "allow_file = true");
+    let path = "/usr/local/bin:/usr/bin:/bin";
+    let which = |tool: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("PATH={path} command -v {tool}")])
+            .output()
+            .expect("which")
+            .status
+            .success()
+    };
+    assert!(
+        which("npm") && which("node"),
+        "npm and node must be installed (scripts/test installs them)"
+    );
+    assert!(
+        !which("opencode"),
+        "this test needs a PATH without opencode"
+    );
+    home.env("PATH", path);
+    home.env("OPENCODE_BIN", "");
+    let answer = home.run_dev(&["start", "p", "--git-url", &url]);
+    assert_eq!(answer.status(), "success", "{answer:?}");
+    assert!(
+        answer.stderr.contains("installing opencode-ai@1.18.33"),
+        "it says so: {}",
+        answer.stderr
+    );
+    let managed = home
+        .path()
+        .join("opencode-runtime/node_modules/.bin/opencode");
+    assert!(managed.exists());
+    let pid = answer.json["opencode_pid"].as_i64().expect("pid");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+    assert!(
+        exe.starts_with(home.path().join("opencode-runtime")),
+        "{}",
+        exe.display()
+    );
+}
