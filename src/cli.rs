@@ -61,12 +61,39 @@ enum Command {
         #[arg(long, default_value_t = crate::ops::logs::DEFAULT_LINES)]
         lines: usize,
     },
+    /// Report the global MCP gateway (port 3005)
+    McpStatus,
+    /// Restart the global MCP gateway
+    McpRestart,
+    /// Stop the global MCP gateway (projects keep running)
+    StopMcpTool,
+    /// Serve the opencode_* MCP tools over stdio or Streamable HTTP
+    Serve(ServeCmd),
     /// Run the daemon in the foreground (clients start it on demand)
     Daemon {
         /// Keep running when no project runs (for a service unit)
         #[arg(long)]
         stay: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct ServeCmd {
+    /// Transport: stdio (JSON-RPC on stdin/stdout) or http (Streamable HTTP at /mcp)
+    #[arg(long, value_enum, default_value_t = ServeMode::Stdio)]
+    mode: ServeMode,
+    /// HTTP port
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// HTTP address to bind; anything but loopback needs OPENCODE_MANAGER_TOKEN
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ServeMode {
+    Stdio,
+    Http,
 }
 
 #[derive(Debug, Args)]
@@ -98,10 +125,17 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let request = match cli.command {
         Command::Daemon { stay } => return runtime.block_on(run_daemon(paths, stay)),
+        Command::Serve(cmd) => return runtime.block_on(run_serve(paths, cmd)),
         Command::Start(cmd) => Request::Start(StartArgs {
             project_name: cmd.project,
             git_url: cmd.git_url,
-            user_ssh_key: cmd.ssh_key.map(|p| p.to_string_lossy().into_owned()),
+            // A relative key path means relative to where the user runs the command, not the daemon.
+            user_ssh_key: cmd.ssh_key.map(|p| {
+                std::path::absolute(&p)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .into_owned()
+            }),
         }),
         Command::Status { project } => Request::Status {
             project_name: project,
@@ -118,6 +152,9 @@ pub fn run(cli: Cli) -> ExitCode {
             force,
         },
         Command::List => Request::List,
+        Command::McpStatus => Request::McpStatus,
+        Command::McpRestart => Request::McpRestart,
+        Command::StopMcpTool => Request::StopMcpTool,
         Command::Logs { project, lines } => Request::Logs {
             project_name: project,
             lines: Some(lines),
@@ -126,9 +163,7 @@ pub fn run(cli: Cli) -> ExitCode {
     crate::logs::init_client_log();
     let envelope = Envelope {
         request,
-        caller: CallerSettings {
-            environment: std::env::var("ENVIRONMENT").ok(),
-        },
+        caller: CallerSettings::from_env(),
     };
     let json = cli.json;
     let frame = runtime.block_on(daemon::client::request(&paths, &envelope, |step| {
@@ -145,6 +180,34 @@ pub fn run(cli: Cli) -> ExitCode {
             &format!("unexpected answer from the daemon: {other:?}"),
         ),
         Err(err) => fail(json, ErrorCode::DaemonUnavailable, &format!("{err:#}")),
+    }
+}
+
+async fn run_serve(paths: Paths, cmd: ServeCmd) -> ExitCode {
+    crate::logs::init_client_log();
+    let caller = CallerSettings::from_env();
+    let result = match cmd.mode {
+        ServeMode::Stdio => crate::mcp::serve_stdio(paths, caller).await,
+        ServeMode::Http => {
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                on_signal.cancel();
+            });
+            let options = crate::mcp::http::HttpOptions {
+                host: cmd.host,
+                port: cmd.port,
+            };
+            crate::mcp::http::serve(paths, caller, options, cancel).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -261,9 +324,6 @@ fn print_reply(reply: &Reply, json: bool) {
                 reply.opencode_pid.map_or("-".into(), |p| p.to_string())
             ));
         }
-        if let (Some(url), true) = (&reply.mcp_tool_url, reply.status() == Status::Success) {
-            facts.push(format!("MCP gateway: {url}"));
-        }
         if let Some(provider) = &reply.provider {
             let model = provider.model.as_deref().unwrap_or("none");
             facts.push(format!(
@@ -296,6 +356,9 @@ fn print_reply(reply: &Reply, json: bool) {
         for item in reply.items.iter().flatten() {
             println!("  - {item}");
         }
+    }
+    if let (Some(hint), false) = (&reply.hint, reply.status() == Status::Success) {
+        eprintln!("hint: {hint}");
     }
     if let Some(warning) = &reply.warning {
         for line in warning.lines() {

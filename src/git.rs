@@ -220,9 +220,7 @@ pub fn classify(stderr: &str) -> GitError {
         || stderr.contains("Repository not found")
     {
         GitError::NoAccess { detail }
-    } else if stderr.contains("does not appear to be a git repository")
-        || stderr.contains("not found")
-    {
+    } else if stderr.contains("does not appear to be a git repository") {
         GitError::NotFound { detail }
     } else if [
         "Connection refused",

@@ -129,7 +129,7 @@ pub struct InstanceEnvSpec<'a> {
 }
 
 /// The complete environment of an Instance. Later entries win, so `.env` values override the
-/// manager-wide `instance_env`, and the isolation variables override both.
+/// manager-wide `instance_env` and `OPENCODE_CONFIG`, and the isolation variables override all.
 pub fn instance_env(
     spec: &InstanceEnvSpec<'_>,
     inherited: impl Fn(&str) -> Option<String>,
@@ -144,11 +144,7 @@ pub fn instance_env(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone())),
     );
-    env.extend(
-        spec.project_vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose().to_owned())),
-    );
+    // The manager-wide OpenCode config comes before the Project's own variables, which win.
     let opencode_config = spec.config.paths.opencode_config();
     if opencode_config.is_file() {
         env.push((
@@ -156,6 +152,11 @@ pub fn instance_env(
             opencode_config.to_string_lossy().into_owned(),
         ));
     }
+    env.extend(
+        spec.project_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned())),
+    );
     let dirs = spec.dirs;
     for (key, dir) in [
         ("HOME", &dirs.home),

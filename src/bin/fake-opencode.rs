@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // A test tool: it spawns what it pleases.
 //! A stand-in for `opencode serve`, for faults the real server will not produce on demand.
 //!
 //! Built only with `--features test-support`. Invoked like the real binary:

@@ -25,11 +25,16 @@ pub async fn connect(paths: &Paths) -> anyhow::Result<UnixStream> {
     if let Ok(stream) = UnixStream::connect(paths.socket()).await {
         return Ok(stream);
     }
-    spawn_daemon(paths)?;
+    let exited = spawn_daemon(paths)?;
     let deadline = tokio::time::Instant::now() + DAEMON_START_TIMEOUT;
     loop {
         match UnixStream::connect(paths.socket()).await {
             Ok(stream) => return Ok(stream),
+            // It lost the race to another daemon, which may still be binding its socket: keep trying.
+            Err(_) if exited.try_recv().is_ok_and(|success| !success) => {
+                let tail = crate::logs::tail(&paths.manager_log(), 5).unwrap_or_default();
+                bail!("the daemon could not start: {}", tail.join(" | "));
+            }
             Err(err) if tokio::time::Instant::now() >= deadline => {
                 bail!(
                     "the daemon did not start within {}s ({err}); see {}",
@@ -73,11 +78,15 @@ pub async fn request(
     )
 }
 
-fn spawn_daemon(paths: &Paths) -> anyhow::Result<()> {
+/// Starts a daemon; the receiver learns whether it exited (with success) while the client waits.
+fn spawn_daemon(paths: &Paths) -> anyhow::Result<std::sync::mpsc::Receiver<bool>> {
     crate::atomic_file::private_dir(&paths.logs_dir())
         .with_context(|| format!("creating {}", paths.logs_dir().display()))?;
+    // Rotate before the daemon's stderr is attached, so that stderr and the log stay one file.
+    let _ = crate::logs::rotate_if_large(&paths.manager_log(), crate::logs::ROTATE_AT_BYTES);
     let exe = std::env::current_exe().context("finding this program's path")?;
     let log = open_append(&paths.manager_log())?;
+    #[allow(clippy::disallowed_methods)]
     let mut command = std::process::Command::new(exe);
     command
         .arg("daemon")
@@ -88,8 +97,11 @@ fn spawn_daemon(paths: &Paths) -> anyhow::Result<()> {
     crate::instance::process::detach(&mut command);
     let mut child = command.spawn().context("starting the daemon")?;
     // The daemon lives on in its own session; reap it if it exits early (for instance, lost a race).
-    std::thread::spawn(move || child.wait());
-    Ok(())
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait().is_ok_and(|status| status.success()));
+    });
+    Ok(receiver)
 }
 
 fn open_append(path: &Path) -> anyhow::Result<std::fs::File> {

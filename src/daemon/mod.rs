@@ -73,8 +73,11 @@ pub async fn run(
 
     let socket = paths.socket();
     let _ = std::fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    // The socket path is the authorization: create it 0600 (umask), never wider for a moment.
+    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(&socket);
+    rustix::process::umask(previous);
+    let listener = bound.with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .context("restricting the socket")?;
     tracing::info!(socket = %socket.display(), "listening");
@@ -159,6 +162,7 @@ async fn serve_connection(manager: &Manager, stream: UnixStream) -> anyhow::Resu
 async fn dispatch(manager: Manager, envelope: Envelope, progress: Progress) -> Frame {
     let manager = &manager;
     let caller = envelope.caller;
+    let differences = caller.differences(manager.config());
     let reply = match envelope.request {
         Request::Ping => {
             return Frame::Hello {
@@ -179,11 +183,15 @@ async fn dispatch(manager: Manager, envelope: Envelope, progress: Progress) -> F
             force,
         } => ops::destroy::destroy(manager, &project_name, force).await,
         Request::List => ops::list::list(manager),
+        Request::McpStatus => ops::mcp_status::mcp_status(manager),
+        Request::McpRestart => ops::mcp_restart::mcp_restart(manager),
+        Request::StopMcpTool => ops::stop_mcp_tool::stop_mcp_tool(manager),
         Request::Logs {
             project_name,
             lines,
         } => ops::logs::logs(manager, project_name.as_deref(), lines),
     };
+    let reply = differences.into_iter().fold(reply, Reply::warn);
     Frame::Reply(Box::new(reply))
 }
 

@@ -37,6 +37,9 @@ pub enum Request {
         #[serde(default)]
         lines: Option<usize>,
     },
+    McpStatus,
+    McpRestart,
+    StopMcpTool,
     /// Asks the daemon who it is; answered with a `hello` frame.
     Ping,
 }

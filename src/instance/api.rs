@@ -85,9 +85,26 @@ impl InstanceApi {
         }
         let answer: Providers = self.get_json("/config/providers", timeout).await?;
         let providers: Vec<String> = answer.providers.into_iter().map(|p| p.id).collect();
-        let default_model = providers
-            .iter()
-            .find_map(|id| answer.default.get(id).map(|model| format!("{id}/{model}")));
+        // The configured `model` wins when its provider is usable; else the first provider's default.
+        #[derive(Deserialize)]
+        struct Config {
+            #[serde(default)]
+            model: Option<String>,
+        }
+        let configured = self
+            .get_json::<Config>("/config", timeout)
+            .await
+            .ok()
+            .and_then(|c| c.model)
+            .filter(|m| {
+                m.split_once('/')
+                    .is_some_and(|(p, _)| providers.iter().any(|id| id == p))
+            });
+        let default_model = configured.or_else(|| {
+            providers
+                .iter()
+                .find_map(|id| answer.default.get(id).map(|model| format!("{id}/{model}")))
+        });
         Ok(ProviderInfo {
             providers,
             default_model,

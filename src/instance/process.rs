@@ -67,6 +67,7 @@ pub fn spawn_detached(spec: &LaunchSpec) -> io::Result<(tokio::process::Child, P
         .append(true)
         .mode(0o600)
         .open(&spec.log)?;
+    #[allow(clippy::disallowed_methods)]
     let mut command = std::process::Command::new(&spec.program);
     command
         .args(&spec.args)

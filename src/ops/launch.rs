@@ -37,37 +37,7 @@ pub(crate) async fn launch(
     let paths = &config.paths;
     let program = resolve_program(manager, env, progress).await?;
 
-    let state = manager.store().snapshot();
-    let record = state.projects.get(project.as_str());
-    let port = match env.opencode_port {
-        Some(port) if ports::is_free(port) => port,
-        Some(port) => {
-            return Err(Reply::error(
-                ErrorCode::PortUnavailable,
-                format!(
-                    "OPENCODE_PORT {port} from the project's .env is in use by another process"
-                ),
-                "free that port, or remove OPENCODE_PORT from .env to let the manager choose one",
-            ));
-        }
-        None => ports::choose(
-            project.as_str(),
-            record.and_then(|r| r.port),
-            &config.port_range,
-            &state.reserved_ports(project.as_str()),
-        )
-        .ok_or_else(|| {
-            Reply::error(
-                ErrorCode::PortUnavailable,
-                format!(
-                    "no free port in {}-{}",
-                    config.port_range.start(),
-                    config.port_range.end()
-                ),
-                "stop other projects or widen port_min/port_max in opencode-manager.toml",
-            )
-        })?,
-    };
+    let port = choose_port(manager, project, env).await?;
     progress.step(format!("starting OpenCode on 127.0.0.1:{port}"));
 
     let dirs = InstanceDirs::of(paths, project);
@@ -173,6 +143,64 @@ pub(crate) async fn launch(
             model: info.default_model,
         });
     Ok(Launched { port, provider })
+}
+
+/// Picks the Instance's port and records it, under the manager's port lock so two Projects starting
+/// at once never pick the same one. The remembered port gets a moment to be released by a process
+/// that just exited (a restart) before another port is chosen.
+async fn choose_port(
+    manager: &Manager,
+    project: &ProjectName,
+    env: &ProjectEnv,
+) -> Result<u16, Reply> {
+    let config = manager.config();
+    if let Some(port) = env.opencode_port {
+        if process::wait_for(|| ports::is_free(port), Duration::from_secs(3)).await {
+            return Ok(port);
+        }
+        return Err(Reply::error(
+            ErrorCode::PortUnavailable,
+            format!("OPENCODE_PORT {port} from the project's .env is in use by another process"),
+            "free that port, or remove OPENCODE_PORT from .env to let the manager choose one",
+        ));
+    }
+    let remembered = manager
+        .store()
+        .snapshot()
+        .projects
+        .get(project.as_str())
+        .and_then(|r| r.port);
+    if let Some(port) = remembered {
+        process::wait_for(|| ports::is_free(port), Duration::from_secs(3)).await;
+    }
+    let _guard = manager.port_lock().lock().await;
+    let state = manager.store().snapshot();
+    let port = ports::choose(
+        project.as_str(),
+        remembered,
+        &config.port_range,
+        &state.reserved_ports(project.as_str()),
+    )
+    .ok_or_else(|| {
+        Reply::error(
+            ErrorCode::PortUnavailable,
+            format!(
+                "no free port in {}-{}",
+                config.port_range.start(),
+                config.port_range.end()
+            ),
+            "stop other projects or widen port_min/port_max in opencode-manager.toml",
+        )
+    })?;
+    manager
+        .store()
+        .update(|s| {
+            if let Some(r) = s.projects.get_mut(project.as_str()) {
+                r.port = Some(port);
+            }
+        })
+        .map_err(Manager::store_failure)?;
+    Ok(port)
 }
 
 async fn resolve_program(
@@ -328,6 +356,11 @@ fn watch_exit(
             if let Some(r) = s.projects.get_mut(project.as_str())
                 && r.instance.proc().is_some_and(|(_, id)| id == launch_id)
             {
+                if r.desired == Desired::Stopped {
+                    // A stop is under way; it records the outcome itself.
+                    tracing::info!(project = %project, "opencode exited ({how})");
+                    return;
+                }
                 tracing::warn!(project = %project, "opencode exited unexpectedly ({how})");
                 r.instance = InstanceRecord::Stopped {
                     last_exit: Some(format!(

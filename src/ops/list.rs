@@ -28,7 +28,9 @@ pub fn list(manager: &Manager) -> Reply {
                 opencode_running: alive.is_some(),
                 opencode_port: record.port,
                 opencode_pid: alive.map(|(p, _)| p.pid),
-                sandbox_dir: record.sandbox_dir.display().to_string(),
+                sandbox_dir: crate::project::ProjectName::parse(name)
+                    .map(|p| manager.sandbox_display(&p))
+                    .unwrap_or_else(|_| record.sandbox_dir.display().to_string()),
             }
         })
         .collect();
@@ -38,8 +40,8 @@ pub fn list(manager: &Manager) -> Reply {
         format!("{} project(s), {running} running", projects.len()),
     );
     reply.projects = Some(projects);
-    for notice in manager.notices() {
-        reply = reply.warn(notice.clone());
+    for notice in manager.take_notices() {
+        reply = reply.warn(notice);
     }
     reply
 }

@@ -9,12 +9,15 @@ pub mod destroy;
 pub mod launch;
 pub mod list;
 pub mod logs;
+pub mod mcp_restart;
+pub mod mcp_status;
 pub mod reconcile;
 pub mod reply;
 pub mod restart;
 pub mod start;
 pub mod status;
 pub mod stop;
+pub mod stop_mcp_tool;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,9 +36,47 @@ use reply::{ErrorCode, Reply};
 pub struct CallerSettings {
     /// The caller's `ENVIRONMENT` (`development`/`dev` selects dev mode).
     pub environment: Option<String>,
+    /// Daemon-wide settings the caller has set (`OPENCODE_BIN`, `GLOBAL_MCP_TOOL_PORT`), so a
+    /// daemon started with other values can say so instead of silently ignoring them.
+    #[serde(default)]
+    pub opencode_bin: Option<String>,
+    #[serde(default)]
+    pub gateway_port: Option<u16>,
 }
 
 impl CallerSettings {
+    /// The settings of the current process.
+    pub fn from_env() -> CallerSettings {
+        let set = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        CallerSettings {
+            environment: set("ENVIRONMENT"),
+            opencode_bin: set("OPENCODE_BIN"),
+            gateway_port: set("GLOBAL_MCP_TOOL_PORT").and_then(|p| p.parse().ok()),
+        }
+    }
+
+    /// Warnings for daemon-wide settings that differ between this caller and the running daemon.
+    pub fn differences(&self, config: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(bin) = &self.opencode_bin
+            && config.opencode_bin.as_deref() != Some(std::path::Path::new(bin))
+        {
+            out.push(format!(
+                "OPENCODE_BIN={bin} is ignored: the running daemon uses {}; stop the daemon (kill the pid in opencode-manager.lock) to change it",
+                config.opencode_bin.as_ref().map_or("PATH or the managed copy".into(), |p| p.display().to_string())
+            ));
+        }
+        if let Some(port) = self.gateway_port
+            && port != config.gateway_port
+        {
+            out.push(format!(
+                "GLOBAL_MCP_TOOL_PORT={port} is ignored: the running daemon uses {}",
+                config.gateway_port
+            ));
+        }
+        out
+    }
+
     pub fn mode(&self) -> Mode {
         Mode::from_environment_var(self.environment.as_deref())
     }
@@ -66,13 +107,15 @@ pub struct Manager {
 struct Inner {
     config: Config,
     store: Store,
-    /// Told once to whoever asks for `list` or `status` (a migrated or corrupt state file).
-    notices: Vec<String>,
+    /// Told once, to the next `list` or `status` (a migrated or corrupt state file).
+    notices: Mutex<Vec<String>>,
     // std mutexes: held only to look up or insert an entry, never across an `.await`.
     project_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     starts_in_flight: Mutex<HashMap<String, watch::Receiver<Option<Reply>>>>,
     /// Serialises the one-time npm install of the managed OpenCode.
     install_lock: tokio::sync::Mutex<()>,
+    /// Serialises choosing and recording ports, so two starts never pick the same one.
+    port_lock: tokio::sync::Mutex<()>,
 }
 
 impl Manager {
@@ -86,10 +129,11 @@ impl Manager {
             inner: Arc::new(Inner {
                 config,
                 store,
-                notices: report.notices,
+                notices: Mutex::new(report.notices),
                 project_locks: Mutex::default(),
                 starts_in_flight: Mutex::default(),
                 install_lock: tokio::sync::Mutex::new(()),
+                port_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -102,8 +146,9 @@ impl Manager {
         &self.inner.store
     }
 
-    pub fn notices(&self) -> &[String] {
-        &self.inner.notices
+    /// Takes the pending notices; each is reported once.
+    pub fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.inner.notices.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Waits for exclusive use of one Project.
@@ -126,6 +171,10 @@ impl Manager {
         &self.inner.install_lock
     }
 
+    pub(crate) fn port_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.port_lock
+    }
+
     /// Names of all known Projects, for "not found" hints.
     pub fn known_projects(&self) -> Vec<String> {
         self.store().snapshot().projects.into_keys().collect()
@@ -133,12 +182,18 @@ impl Manager {
 
     /// Whether any Instance is running or starting (the daemon lingers while none is).
     pub fn any_instance_alive(&self) -> bool {
+        self.running_projects() > 0
+    }
+
+    /// How many Projects have a living Instance, counted from the processes themselves.
+    pub fn running_projects(&self) -> usize {
         self.store()
             .snapshot()
             .projects
             .values()
             .filter_map(|record| record.instance.proc())
-            .any(|(proc, _)| crate::instance::process::is_alive(proc))
+            .filter(|(proc, _)| crate::instance::process::is_alive(*proc))
+            .count()
     }
 
     /// Turns a state write failure into a reply.
@@ -203,7 +258,13 @@ where
         });
     }
     match receiver.wait_for(Option::is_some).await {
-        Ok(reply) => reply.clone().unwrap_or_default(),
+        Ok(reply) => reply.clone().unwrap_or_else(|| {
+            Reply::error(
+                ErrorCode::Internal,
+                "the start task gave no reply",
+                "see manager.log",
+            )
+        }),
         Err(_) => Reply::error(
             ErrorCode::Internal,
             "the start task ended without a reply",

@@ -8,12 +8,18 @@
 use serde::{Deserialize, Serialize};
 
 /// The status vocabulary of the original.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Success,
     /// `status` answers `ok`, as the original did.
     Ok,
+    /// `mcp_status`: the gateway is serving.
+    Running,
+    /// `mcp_status`: the gateway was started before and is not serving now.
+    Stopped,
+    /// `mcp_status`: the gateway has never been started.
+    NotStarted,
     AlreadyRunning,
     WaitingForKey,
     WaitingForPasswords,
@@ -22,7 +28,7 @@ pub enum Status {
 }
 
 /// Stable error codes (`error` key), each with a documented meaning in docs/tools.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidProjectName,
@@ -38,6 +44,7 @@ pub enum ErrorCode {
     UnsavedWork,
     StateCorrupt,
     DaemonUnavailable,
+    GatewayNotRunning,
     Internal,
 }
 
@@ -59,7 +66,7 @@ impl ErrorCode {
 }
 
 /// The original's nested `opencode` object in `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OpencodeInfo {
     pub pid: Option<i32>,
     pub port: Option<u16>,
@@ -68,7 +75,7 @@ pub struct OpencodeInfo {
 }
 
 /// One row of `list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProjectSummary {
     pub name: String,
     pub status: String,
@@ -79,7 +86,7 @@ pub struct ProjectSummary {
 }
 
 /// Which model provider an Instance will use (`GET /config/providers`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProviderReport {
     /// Configured, usable provider ids; empty means prompts will fail.
     pub providers: Vec<String>,
@@ -88,7 +95,9 @@ pub struct ProviderReport {
 }
 
 /// A reply: `status` plus the fields that apply. Absent fields are omitted from the JSON.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// Success and error replies share this one shape, so error results conform to the declared
+/// output schema too.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Reply {
     pub status: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +151,17 @@ pub struct Reply {
     pub log_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<String>>,
+    /// Gateway (`mcp_status`): the pid of the process serving the gateway port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Gateway (`mcp_status`): its port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Gateway (`mcp_status`): running Projects, counted from live Instances.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_projects: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
 }
@@ -200,7 +220,12 @@ impl Reply {
     /// The CLI exit code: 0 done, 3 the user must act, 2 invalid input, 1 any other failure.
     pub fn exit_code(&self) -> u8 {
         match self.status() {
-            Status::Success | Status::Ok | Status::AlreadyRunning => 0,
+            Status::Success
+            | Status::Ok
+            | Status::AlreadyRunning
+            | Status::Running
+            | Status::Stopped
+            | Status::NotStarted => 0,
             Status::WaitingForKey | Status::WaitingForPasswords => 3,
             Status::NotFound => 1,
             Status::Error => match self.error {

@@ -35,9 +35,7 @@ pub async fn restart(
         return start::start(manager, args, caller, progress).await;
     }
     let _guard = manager.lock_project(&project).await;
-    if let Err(reply) = super::stop::stop_locked(manager, &project, "restarting").await {
-        return reply.with_project(project.as_str());
-    }
+    // Read the .env first: a broken one must not leave a running Project stopped.
     let env = match crate::project_env::load(&manager.config().paths.env_file(&project)) {
         Ok(env) => env,
         Err(err) => {
@@ -45,6 +43,9 @@ pub async fn restart(
                 .with_project(project.as_str());
         }
     };
+    if let Err(reply) = super::stop::stop_locked(manager, &project, "restarting").await {
+        return reply.with_project(project.as_str());
+    }
     let launched = match launch::launch(manager, &project, &env, &progress).await {
         Ok(launched) => launched,
         Err(reply) => return reply.with_project(project.as_str()),

@@ -218,6 +218,17 @@ async fn bootstrap(
     };
 
     // Steps 4–5: access test and clone, unless the repository is already here.
+    // The development-mode notice goes with the first reply a user sees after the .env was made
+    // (waiting_for_key or success), as the original README shows it. It names no secret.
+    let dev_note = |reply: Reply| {
+        if created_env && mode == Mode::Development {
+            reply.warn(format!(
+                "Development mode: {env_shown} was generated with random secrets; review it before production use"
+            ))
+        } else {
+            reply
+        }
+    };
     let repo = paths.repo_dir(project);
     if !git::is_repository(&repo) {
         let known_hosts = paths.known_hosts();
@@ -228,11 +239,11 @@ async fn bootstrap(
         };
         progress.step("testing access to the repository");
         if let Err(err) = git::test_access(&remote, ACCESS_TIMEOUT).await {
-            return git_failure(err, &key, ErrorCode::GitUnreachable);
+            return dev_note(git_failure(err, &key, ErrorCode::GitUnreachable));
         }
         progress.step("cloning the repository");
         if let Err(err) = git::clone_atomic(&remote, &repo, CLONE_TIMEOUT).await {
-            return git_failure(err, &key, ErrorCode::CloneFailed);
+            return dev_note(git_failure(err, &key, ErrorCode::CloneFailed));
         }
     }
 
@@ -263,13 +274,8 @@ async fn bootstrap(
     );
     reply.provider = launched.provider.clone();
     reply = provider_warning(reply, launched.provider.as_ref(), manager);
-    if created_env && mode == Mode::Development {
-        reply = reply.warn(format!(
-            "Development mode: {env_shown} was generated with random secrets; review it before production use"
-        ));
-    }
     debug_assert_eq!(reply.opencode_port, Some(launched.port));
-    reply
+    dev_note(reply)
 }
 
 /// The reply for a running Project (`success`, `already_running`).

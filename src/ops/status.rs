@@ -87,8 +87,8 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
             }
         }
     }
-    for notice in manager.notices() {
-        reply = reply.warn(notice.clone());
+    for notice in manager.take_notices() {
+        reply = reply.warn(notice);
     }
     reply
 }

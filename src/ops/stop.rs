@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::Manager;
-use super::reply::{Reply, Status};
+use super::reply::{ErrorCode, Reply, Status};
 use crate::instance::api::InstanceApi;
 use crate::instance::process;
 use crate::project::ProjectName;
@@ -42,6 +42,7 @@ pub async fn stop(manager: &Manager, project_name: &str) -> Reply {
 pub async fn stop_all(manager: &Manager) -> Reply {
     let names: Vec<String> = manager.known_projects();
     let mut stopped = Vec::new();
+    let mut failed = Vec::new();
     for name in names {
         let Ok(project) = ProjectName::parse(&name) else {
             continue;
@@ -50,8 +51,21 @@ pub async fn stop_all(manager: &Manager) -> Reply {
         match stop_locked(manager, &project, "stopped by user (stop --all)").await {
             Ok(true) => stopped.push(name),
             Ok(false) => {}
-            Err(reply) => return reply,
+            Err(reply) => failed.push(format!("{name}: {}", reply.message.unwrap_or_default())),
         }
+    }
+    if !failed.is_empty() {
+        let mut reply = Reply::error(
+            ErrorCode::Internal,
+            format!(
+                "{} project(s) stopped; could not stop: {}",
+                stopped.len(),
+                failed.join("; ")
+            ),
+            "see manager.log",
+        );
+        reply.items = Some(stopped);
+        return reply;
     }
     let mut reply = Reply::new(
         Status::Success,
@@ -77,6 +91,16 @@ pub(crate) async fn stop_locked(
     else {
         return Ok(false);
     };
+    if record.desired != Desired::Stopped {
+        manager
+            .store()
+            .update(|s| {
+                if let Some(r) = s.projects.get_mut(project.as_str()) {
+                    r.desired = Desired::Stopped;
+                }
+            })
+            .map_err(Manager::store_failure)?;
+    }
     let mut was_running = false;
     if let Some((proc, launch_id)) = record.instance.proc()
         && process::is_alive(proc)

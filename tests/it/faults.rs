@@ -206,11 +206,17 @@ fn a_daemon_killed_in_the_middle_of_a_start_leaves_no_orphan() {
     let text = std::fs::read_to_string(&toml).expect("toml");
     std::fs::write(&toml, text + "FAKE_OPENCODE_DELAY_MS = \"30000\"\n").expect("toml");
     let mut client = home.spawn(&["start", "p", "--git-url", &url], Some("development"));
+    // Killed once the spawned instance is recorded as starting (before that, a new daemon
+    // sweeps it by its marker; see a_new_daemon_sweeps_processes_of_unrecorded_launches).
     wait_until(
-        "the instance to be spawned",
+        "the instance to be recorded as starting",
         Duration::from_secs(20),
-        || !home.marked_processes().is_empty(),
+        || {
+            std::fs::read_to_string(home.path().join("opencode-state.json"))
+                .is_ok_and(|s| s.contains("\"starting\""))
+        },
     );
+    assert_eq!(home.marked_processes().len(), 1);
     let daemon = home.daemon_pid().expect("daemon");
     Command::new("kill")
         .args(["-9", &daemon.to_string()])
@@ -342,5 +348,63 @@ fn an_instance_with_no_usable_provider_is_reported_at_start() {
             .expect("warning")
             .contains("no model provider"),
         "{answer:?}"
+    );
+}
+
+#[test]
+fn a_new_daemon_sweeps_processes_of_unrecorded_launches() {
+    let (home, _repos, url) = fake_home("ok", "");
+    let started = home.run_dev(&["start", "p", "--git-url", &url]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    let pid = started.json["opencode_pid"].as_i64().expect("pid") as i32;
+    // A process of this home and project from a launch the state never recorded (a daemon that
+    // died between spawn and write), and a look-alike from another home.
+    let paths = opencode_manager::config::Paths::new(home.path().to_owned());
+    let project = opencode_manager::project::ProjectName::parse("p").expect("name");
+    let stray = KillOnDrop(
+        Command::new("sleep")
+            .arg("300")
+            .env(
+                "OCM_INSTANCE",
+                opencode_manager::sandbox::marker(&paths, &project, "unrecorded"),
+            )
+            .spawn()
+            .expect("stray"),
+    );
+    let other_paths = opencode_manager::config::Paths::new(home.path().join("elsewhere"));
+    let foreign = KillOnDrop(
+        Command::new("sleep")
+            .arg("300")
+            .env(
+                "OCM_INSTANCE",
+                opencode_manager::sandbox::marker(&other_paths, &project, "x"),
+            )
+            .spawn()
+            .expect("foreign"),
+    );
+    let daemon = home.daemon_pid().expect("daemon");
+    Command::new("kill")
+        .args(["-9", &daemon.to_string()])
+        .status()
+        .expect("kill");
+    wait_until("the daemon to die", Duration::from_secs(5), || {
+        !pid_alive(daemon)
+    });
+    let list = home.run(&["list"]);
+    assert_eq!(
+        list.json["projects"][0]["opencode_pid"].as_i64(),
+        Some(i64::from(pid)),
+        "{list:?}"
+    );
+    wait_until("the stray to be reaped", Duration::from_secs(5), || {
+        !pid_alive(stray.pid())
+    });
+    assert!(
+        pid_alive(pid),
+        "the recorded instance was adopted, not killed"
+    );
+    assert!(
+        pid_alive(foreign.pid()),
+        "another home's process is not ours"
     );
 }

@@ -1,6 +1,8 @@
 //! The single integration-test binary: the real `opencode-manager` binary driven through its CLI,
 //! against the real OpenCode and a real sshd on loopback, plus a fake OpenCode for faults.
 #![allow(unreachable_pub)]
+// Tests start sshd, git and the binaries under test directly.
+#![allow(clippy::disallowed_methods)]
 
 mod faults;
 mod harness_selftest;
