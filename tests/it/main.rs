@@ -9,4 +9,5 @@ mod harness_selftest;
 mod home;
 mod inputs;
 mod lifecycle;
+mod mcp;
 mod support;
