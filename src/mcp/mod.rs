@@ -25,10 +25,18 @@ pub struct McpServer {
 
 impl McpServer {
     pub fn new(paths: Paths, caller: CallerSettings) -> McpServer {
+        #[allow(unused_mut)]
+        let mut tool_router = McpServer::tool_router();
+        // The benchmark's baseline tool exists only in test-support builds, and only on request,
+        // so the tested contract is the shipped one.
+        #[cfg(feature = "test-support")]
+        if std::env::var_os("OCM_BENCH_TOOL").is_some() {
+            tool_router = tool_router + McpServer::bench_router();
+        }
         McpServer {
             paths,
             caller,
-            tool_router: McpServer::tool_router(),
+            tool_router,
         }
     }
 }

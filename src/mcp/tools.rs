@@ -312,3 +312,14 @@ pub fn human_text(reply: &Reply) -> String {
     }
     text
 }
+
+/// A tool that does nothing but answer, served only in test-support builds: the baseline that
+/// `examples/bench_mcp.rs` compares the real tools against.
+#[cfg(feature = "test-support")]
+#[rmcp::tool_router(router = bench_router, vis = "pub(crate)")]
+impl McpServer {
+    #[tool(description = "Benchmark baseline: answers at once without asking the daemon.")]
+    async fn bench_echo(&self) -> CallToolResult {
+        to_result(&Reply::new(Status::Success, "echo"))
+    }
+}

@@ -230,8 +230,9 @@ fn a_daemon_killed_in_the_middle_of_a_start_leaves_no_orphan() {
     assert_eq!(status.json["opencode"]["status"], "failed", "{status:?}");
 }
 
-/// A `git` that, while `flag` exists, clones and then hangs (a clone still in progress).
-fn slow_clone_git(dir: &Path, flag: &Path) -> PathBuf {
+/// A `git` that, while `flag` exists, clones and then waits for the flag to go (a clone still in
+/// progress); its pid is written to `<flag>.pid`.
+pub(crate) fn slow_clone_git(dir: &Path, flag: &Path) -> PathBuf {
     let real = String::from_utf8(
         Command::new("sh")
             .args(["-c", "command -v git"])
@@ -243,7 +244,7 @@ fn slow_clone_git(dir: &Path, flag: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).expect("mkdir");
     let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = clone ] && [ -e {flag} ]; then {real} \"$@\"; echo $$ > {flag}.pid; exec sleep 300; fi\nexec {real} \"$@\"\n",
+        "#!/bin/sh\nif [ \"$1\" = clone ] && [ -e {flag} ]; then {real} \"$@\" || exit $?; echo $$ > {flag}.pid; while [ -e {flag} ]; do sleep 0.05; done; exit 0; fi\nexec {real} \"$@\"\n",
         flag = flag.display(),
         real = real.trim()
     );

@@ -49,13 +49,26 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn stdio_client(home: &TestHome, recorder: Recorder) -> Client {
+    stdio_client_with(
+        home,
+        recorder,
+        &[("OPENCODE_BIN", opencode_bin().to_string_lossy().as_ref())],
+    )
+    .await
+}
+
+async fn stdio_client_with(home: &TestHome, recorder: Recorder, env: &[(&str, &str)]) -> Client {
     let home_path = home.path().to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let transport = TokioChildProcess::new(tokio::process::Command::new(manager_bin()).configure(
         |cmd| {
             cmd.args(["serve", "--mode", "stdio"])
                 .env("OPENCODE_MANAGER_HOME", &home_path)
-                .env("OPENCODE_BIN", opencode_bin())
-                .env_remove("ENVIRONMENT");
+                .env_remove("ENVIRONMENT")
+                .envs(env.iter().map(|(k, v)| (k, v)));
         },
     ))
     .expect("spawn serve --mode stdio");
@@ -588,4 +601,78 @@ fn assert_snapshot(name: &str, value: &Value) {
         }
         _ => std::fs::write(&path, text).expect("write snapshot"),
     }
+}
+
+#[test]
+fn a_long_clone_blocks_no_other_tool_and_a_cancelled_start_still_finishes_whole() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = crate::faults::file_repo(repos.path(), "r");
+    let flag = repos.path().join("slow");
+    std::fs::write(&flag, "").expect("flag");
+    let bin = crate::faults::slow_clone_git(repos.path(), &flag);
+    let pid_file = std::path::PathBuf::from(format!("{}.pid", flag.display()));
+    let home = TestHome::fake("ok", "allow_file = true");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let fake = crate::support::fake_opencode_bin();
+    runtime().block_on(async {
+        let env = [
+            ("PATH", path.as_str()),
+            ("OPENCODE_BIN", fake.to_str().expect("utf8")),
+            ("ENVIRONMENT", "development"),
+        ];
+        let client = stdio_client_with(&home, Recorder::default(), &env).await;
+        let mut params = CallToolRequestParams::new("opencode_start");
+        params.arguments = json!({"project_name": "p", "git_url": url})
+            .as_object()
+            .cloned();
+        let request =
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+        let handle = client
+            .peer()
+            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::default())
+            .await
+            .expect("send start");
+        tokio::task::spawn_blocking({
+            let pid_file = pid_file.clone();
+            move || {
+                wait_until("the clone to be under way", Duration::from_secs(30), || {
+                    pid_file.exists()
+                })
+            }
+        })
+        .await
+        .expect("wait");
+        // Another tool answers while the clone runs.
+        let (is_error, reply, _) = call(&client, "opencode_list", json!({}), false).await;
+        assert!(!is_error && reply["status"] == "success", "{reply}");
+        // The caller gives up; the start is not abandoned halfway.
+        handle
+            .cancel(Some("the user changed their mind".into()))
+            .await
+            .expect("cancel");
+        std::fs::remove_file(&flag).expect("let the clone finish");
+        client.cancel().await.expect("close");
+    });
+    wait_until(
+        "the cancelled start to finish",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(home.path().join("opencode-state.json"))
+                .is_ok_and(|s| s.contains("\"running\""))
+        },
+    );
+    assert!(
+        home.sandbox("p").join("repo/README.md").exists(),
+        "the clone is whole"
+    );
+    let leftovers = std::fs::read_dir(home.sandbox("p"))
+        .expect("ls")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".repo-clone-"))
+        .count();
+    assert_eq!(leftovers, 0);
 }
