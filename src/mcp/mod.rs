@@ -31,7 +31,7 @@ impl McpServer {
         // so the tested contract is the shipped one.
         #[cfg(feature = "test-support")]
         if std::env::var_os("OCM_BENCH_TOOL").is_some() {
-            tool_router = tool_router + McpServer::bench_router();
+            tool_router += McpServer::bench_router();
         }
         McpServer {
             paths,
