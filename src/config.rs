@@ -95,6 +95,10 @@ impl Paths {
     pub fn servers_config(&self) -> PathBuf {
         self.home.join("opencode-mcp-tool-servers.json")
     }
+    /// The gateway's global bearer token, when `GLOBAL_MCP_BEARER_TOKEN` is not set.
+    pub fn global_token_file(&self) -> PathBuf {
+        self.home.join("global-mcp-token")
+    }
     pub fn gateway_pid_file(&self) -> PathBuf {
         self.home.join("global-mcp-tool.pid")
     }

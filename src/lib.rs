@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod gateway;
 pub mod mcp;
 pub mod ops;
 
@@ -22,6 +23,7 @@ pub mod sandbox;
 
 pub mod atomic_file;
 pub mod envfile;
+pub mod http_guard;
 pub mod logs;
 pub mod secrets;
 pub mod timestamp;

@@ -70,6 +70,8 @@ pub async fn run(
     let manager = Manager::open(config).map_err(|err| anyhow::anyhow!("{err}"))?;
     tracing::info!(pid = std::process::id(), home = %paths.home().display(), "daemon starting");
     ops::reconcile::on_daemon_start(&manager).await;
+    ops::reconcile::stop_legacy_mcp_tools(&manager).await;
+    crate::gateway::servers_file::update(&manager);
 
     let socket = paths.socket();
     let _ = std::fs::remove_file(&socket);
@@ -105,6 +107,8 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 ops::reconcile::check_liveness(&manager);
+                // Opens with the first running Project (also one adopted or crashed), closes after the last.
+                let _ = manager.gateway().sync(&manager, crate::gateway::Trigger::Follow);
                 let now = tokio::time::Instant::now();
                 if options.stay || active.load(Ordering::SeqCst) > 0 || manager.any_instance_alive() {
                     idle_since = now;
@@ -116,6 +120,7 @@ pub async fn run(
         }
     };
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(paths.gateway_pid_file());
     tracing::info!(?exit, "daemon exiting; running instances keep running");
     Ok(exit)
 }

@@ -117,6 +117,40 @@ impl InstanceApi {
         self.send(request, timeout).await.map(drop)
     }
 
+    /// Any JSON call, for the gateway's session tools. A 204 gives `null`. OpenCode answers unknown
+    /// routes with its web UI (200, HTML), which is reported as an error rather than passed on.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, ApiError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = self.send(request, timeout).await?;
+        if response.status().as_u16() == 204 {
+            return Ok(serde_json::Value::Null);
+        }
+        let is_json = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let bytes = tokio::time::timeout(timeout, response.bytes())
+            .await
+            .map_err(|_| ApiError::Timeout(timeout))?
+            .map_err(|err| ApiError::Body(err.to_string()))?;
+        if !is_json {
+            return Err(ApiError::Body(format!(
+                "{path} is not an OpenCode API route"
+            )));
+        }
+        serde_json::from_slice(&bytes).map_err(|err| ApiError::Body(format!("{path}: {err}")))
+    }
+
     async fn get_json<T: for<'de> Deserialize<'de>>(
         &self,
         path: &str,
@@ -154,7 +188,7 @@ impl InstanceApi {
                 let body = response.text().await.unwrap_or_default();
                 Err(ApiError::Status {
                     status,
-                    body: body.chars().take(300).collect(),
+                    body: body.chars().take(1000).collect(),
                 })
             }
         }

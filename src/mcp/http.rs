@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -84,10 +84,9 @@ pub fn router(
     paths: Paths,
     caller: CallerSettings,
     token: Secret,
-    port: u16,
     cancel: CancellationToken,
 ) -> Router {
-    let hosts = allowed_hosts();
+    let hosts = crate::http_guard::allowed_hosts();
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts.iter().cloned())
         .with_allowed_origins(["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"])
@@ -110,8 +109,8 @@ pub fn router(
         )
         .merge(protected)
         .layer(middleware::from_fn_with_state(
-            Arc::new(Guard { hosts, port }),
-            local_only,
+            crate::http_guard::Guard::loopback(),
+            crate::http_guard::local_only,
         ))
 }
 
@@ -133,17 +132,11 @@ pub async fn serve(
         TokenSource::File(path) => format!("in {}", path.display()),
     };
     tracing::warn!("MCP server listening on http://{bound}/mcp (bearer token {where_token})");
-    let app = router(paths, caller, token, bound.port(), cancel.clone());
+    let app = router(paths, caller, token, cancel.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
         .context("serving HTTP")
-}
-
-fn allowed_hosts() -> Vec<String> {
-    ["localhost", "127.0.0.1", "::1", "[::1]"]
-        .map(String::from)
-        .to_vec()
 }
 
 async fn bearer(State(token): State<Arc<Secret>>, request: Request, next: Next) -> Response {
@@ -173,100 +166,4 @@ async fn bearer(State(token): State<Arc<Secret>>, request: Request, next: Next) 
         return response;
     }
     next.run(request).await
-}
-
-struct Guard {
-    hosts: Vec<String>,
-    port: u16,
-}
-
-/// Refuses requests whose Host is not a loopback name, or whose Origin is a foreign site
-/// (DNS rebinding and cross-site requests from a browser).
-async fn local_only(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    if !host_allowed(request.headers(), &guard.hosts) {
-        return (
-            StatusCode::FORBIDDEN,
-            "Forbidden: Host header is not allowed",
-        )
-            .into_response();
-    }
-    if !origin_allowed(request.headers(), guard.port) {
-        return (StatusCode::FORBIDDEN, "Forbidden: Origin is not allowed").into_response();
-    }
-    next.run(request).await
-}
-
-fn host_allowed(headers: &HeaderMap, hosts: &[String]) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
-        return false;
-    };
-    hosts
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(authority.host()))
-}
-
-fn origin_allowed(headers: &HeaderMap, _port: u16) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let Some(rest) = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let Ok(authority) = rest
-        .trim_end_matches('/')
-        .parse::<axum::http::uri::Authority>()
-    else {
-        return false;
-    };
-    matches!(authority.host(), "localhost" | "127.0.0.1" | "[::1]")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.insert(k.clone(), HeaderValue::from_str(v).expect("header"));
-        }
-        map
-    }
-
-    #[test]
-    fn only_loopback_hosts_and_origins_pass() {
-        let hosts = allowed_hosts();
-        assert!(host_allowed(
-            &headers(&[(header::HOST, "127.0.0.1:8000")]),
-            &hosts
-        ));
-        assert!(host_allowed(
-            &headers(&[(header::HOST, "localhost")]),
-            &hosts
-        ));
-        assert!(!host_allowed(
-            &headers(&[(header::HOST, "evil.example:8000")]),
-            &hosts
-        ));
-        assert!(!host_allowed(&headers(&[]), &hosts));
-        assert!(origin_allowed(&headers(&[]), 1));
-        assert!(origin_allowed(
-            &headers(&[(header::ORIGIN, "http://localhost:3000")]),
-            1
-        ));
-        assert!(!origin_allowed(
-            &headers(&[(header::ORIGIN, "https://evil.example")]),
-            1
-        ));
-        assert!(!origin_allowed(&headers(&[(header::ORIGIN, "null")]), 1));
-    }
 }

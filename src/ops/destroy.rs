@@ -73,5 +73,6 @@ pub async fn destroy(manager: &Manager, project_name: &str, force: bool) -> Repl
         return Manager::store_failure(err);
     }
     tracing::info!(project = %project, force, "destroyed");
-    Reply::new(Status::Success, "Project destroyed").with_project(project.as_str())
+    let reply = Reply::new(Status::Success, "Project destroyed").with_project(project.as_str());
+    manager.sync_gateway(reply, crate::gateway::Trigger::Follow)
 }

@@ -1,15 +1,32 @@
-//! `mcp_restart`: restart the global MCP gateway. Until the gateway is served, there is nothing to
-//! restart, and the reply says so.
+//! `mcp_restart`: close and reopen the gateway's listener. As in the original, only while at least
+//! one Project runs (the gateway has nothing to serve otherwise).
 
 use super::Manager;
-use super::reply::{ErrorCode, Reply};
+use super::reply::{ErrorCode, Reply, Status};
 
 pub fn mcp_restart(manager: &Manager) -> Reply {
-    let mut reply = Reply::error(
-        ErrorCode::GatewayNotRunning,
-        "The global MCP gateway is not running: this version of opencode-manager does not serve it yet",
-        "nothing to restart; opencode_status gives each project's OpenCode URL",
-    );
-    reply.port = Some(manager.config().gateway_port);
-    reply
+    let active = manager.running_projects();
+    if active == 0 {
+        let mut reply = Reply::error(
+            ErrorCode::NoActiveProjects,
+            "No active projects - MCP tool will not be restarted",
+            "start a project first; the gateway opens with it",
+        );
+        reply.active_projects = Some(0);
+        return reply;
+    }
+    match manager.gateway().restart(manager) {
+        Ok(()) => {
+            let mut reply = Reply::new(Status::Success, "Global MCP tool restarted");
+            reply.pid = Some(std::process::id());
+            reply.port = Some(manager.config().gateway_port);
+            reply.active_projects = Some(active);
+            reply
+        }
+        Err(message) => Reply::error(
+            ErrorCode::GatewayNotRunning,
+            message,
+            "free the gateway port or change gateway_port",
+        ),
+    }
 }

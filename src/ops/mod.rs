@@ -116,6 +116,7 @@ struct Inner {
     install_lock: tokio::sync::Mutex<()>,
     /// Serialises choosing and recording ports, so two starts never pick the same one.
     port_lock: tokio::sync::Mutex<()>,
+    gateway: crate::gateway::Gateway,
 }
 
 impl Manager {
@@ -134,6 +135,7 @@ impl Manager {
                 starts_in_flight: Mutex::default(),
                 install_lock: tokio::sync::Mutex::new(()),
                 port_lock: tokio::sync::Mutex::new(()),
+                gateway: crate::gateway::Gateway::default(),
             }),
         })
     }
@@ -173,6 +175,19 @@ impl Manager {
 
     pub(crate) fn port_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.port_lock
+    }
+
+    pub fn gateway(&self) -> &crate::gateway::Gateway {
+        &self.inner.gateway
+    }
+
+    /// Brings the gateway in line with the running Projects; a failure to listen becomes a warning.
+    pub(crate) fn sync_gateway(&self, reply: Reply, trigger: crate::gateway::Trigger) -> Reply {
+        crate::gateway::servers_file::update(self);
+        match self.gateway().sync(self, trigger) {
+            Ok(()) => reply,
+            Err(message) => reply.warn(message),
+        }
     }
 
     /// Names of all known Projects, for "not found" hints.

@@ -66,7 +66,9 @@ pub async fn on_daemon_start(manager: &Manager) {
                     });
                 }
             }
-            Some(_) => mark_exited(manager, name, "exited while no daemon was watching it"),
+            Some(_) => {
+                mark_exited(manager, name, "exited while no daemon was watching it");
+            }
             None => {}
         }
         let prefix = crate::sandbox::marker_prefix(paths, &project);
@@ -88,30 +90,67 @@ pub async fn on_daemon_start(manager: &Manager) {
 /// Records Instances that died without the daemon seeing them (adopted ones are not its children).
 pub fn check_liveness(manager: &Manager) {
     let state = manager.store().snapshot();
+    let mut changed = false;
     for (name, record) in &state.projects {
         if let Some((proc, _)) = record.instance.proc()
             && !process::is_alive(proc)
         {
-            mark_exited(
+            changed |= mark_exited(
                 manager,
                 name,
                 "exited unexpectedly (exit status unknown: the process was adopted)",
             );
         }
     }
+    if changed {
+        crate::gateway::servers_file::update(manager);
+    }
 }
 
-fn mark_exited(manager: &Manager, name: &str, why: &str) {
-    let _ = manager.store().update(|s| {
-        if let Some(r) = s.projects.get_mut(name)
-            && r.instance
+fn mark_exited(manager: &Manager, name: &str, why: &str) -> bool {
+    let marked = manager.store().update(|s| match s.projects.get_mut(name) {
+        Some(r)
+            if r.instance
                 .proc()
-                .is_some_and(|(proc, _)| !process::is_alive(proc))
+                .is_some_and(|(proc, _)| !process::is_alive(proc)) =>
         {
             tracing::warn!(project = name, "opencode {why}");
             r.instance = InstanceRecord::Stopped {
                 last_exit: Some(format!("{why} (noticed at {})", crate::timestamp::now())),
             };
+            true
         }
+        _ => false,
     });
+    marked.unwrap_or(false)
+}
+
+/// Stops the per-project MCP tool processes of the original's v1.0 (ports 5100+) recorded in a
+/// migrated state file, but only a process whose command line proves it is that tool on that
+/// port; anything else is left alone and reported.
+pub async fn stop_legacy_mcp_tools(manager: &Manager) {
+    let tools = manager.store().snapshot().legacy_mcp_tools;
+    for tool in &tools {
+        let Some(pid) = tool.pid else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        let is_the_tool = ["opencode-mcp-tool", "index-http.js", "dev:http"]
+            .iter()
+            .any(|m| cmdline.contains(m))
+            && tool
+                .port
+                .is_none_or(|port| cmdline.contains(&format!("--port {port}")));
+        if is_the_tool && let Some(id) = process::identity(pid) {
+            tracing::warn!(project = %tool.project_name, pid, "stopping the original's v1.0 per-project MCP tool; the gateway replaces it");
+            let _ = rustix::process::Pid::from_raw(id.pid)
+                .map(|p| rustix::process::kill_process(p, rustix::process::Signal::TERM));
+            process::wait_for(|| !process::is_alive(id), Duration::from_secs(5)).await;
+        } else if !cmdline.is_empty() {
+            tracing::warn!(project = %tool.project_name, pid, "pid of the original's v1.0 MCP tool now belongs to another process; left alone");
+        }
+    }
+    if !tools.is_empty() {
+        let _ = manager.store().update(|s| s.legacy_mcp_tools.clear());
+    }
 }

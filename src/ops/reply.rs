@@ -45,6 +45,7 @@ pub enum ErrorCode {
     StateCorrupt,
     DaemonUnavailable,
     GatewayNotRunning,
+    NoActiveProjects,
     Internal,
 }
 

@@ -71,6 +71,8 @@ pub async fn restart(
         "Project restarted",
     );
     reply.provider = launched.provider.clone();
-    start::provider_warning(reply, launched.provider.as_ref(), manager)
+    let reply = start::provider_warning(reply, launched.provider.as_ref(), manager);
+    manager
+        .sync_gateway(reply, crate::gateway::Trigger::Open)
         .with_project(project.as_str())
 }

@@ -275,6 +275,7 @@ async fn bootstrap(
     reply.provider = launched.provider.clone();
     reply = provider_warning(reply, launched.provider.as_ref(), manager);
     debug_assert_eq!(reply.opencode_port, Some(launched.port));
+    let reply = manager.sync_gateway(reply, crate::gateway::Trigger::Open);
     dev_note(reply)
 }
 

@@ -31,12 +31,14 @@ pub async fn stop(manager: &Manager, project_name: &str) -> Reply {
         return Reply::not_found(project.as_str(), &manager.known_projects());
     }
     let _guard = manager.lock_project(&project).await;
-    match stop_locked(manager, &project, "stopped by user").await {
+    let reply = match stop_locked(manager, &project, "stopped by user").await {
         Ok(true) => Reply::new(Status::Success, "Project stopped").with_project(project.as_str()),
         Ok(false) => Reply::new(Status::Success, "Project was not running; nothing to stop")
             .with_project(project.as_str()),
         Err(reply) => reply.with_project(project.as_str()),
-    }
+    };
+    // The gateway closes with the last running Project.
+    manager.sync_gateway(reply, crate::gateway::Trigger::Follow)
 }
 
 pub async fn stop_all(manager: &Manager) -> Reply {
@@ -72,7 +74,7 @@ pub async fn stop_all(manager: &Manager) -> Reply {
         format!("{} project(s) stopped", stopped.len()),
     );
     reply.items = Some(stopped);
-    reply
+    manager.sync_gateway(reply, crate::gateway::Trigger::Follow)
 }
 
 /// Stops the Instance of a Project whose lock the caller holds. Returns whether one was running.
@@ -117,6 +119,15 @@ pub(crate) async fn stop_locked(
         let marker = crate::sandbox::marker(paths, project, launch_id);
         let report = process::terminate(proc, &marker, GRACE).await;
         tracing::info!(project = %project, killed = report.killed, swept = report.swept, "stopped opencode ({reason})");
+        // The kernel releases the listening socket a moment after the process is gone; a stop
+        // returns only once the port is free again, so it can be reused at once.
+        if let Some(port) = record.port {
+            process::wait_for(
+                || crate::instance::ports::is_free(port),
+                Duration::from_secs(3),
+            )
+            .await;
+        }
     }
     // Anything else that carries this Project's marker (an earlier launch a crashed daemon never
     // recorded) is ours too, and must not outlive a stop.

@@ -1,15 +1,20 @@
-//! `stop_mcp_tool`: stop the global MCP gateway. The original answered "Global MCP tool is not
-//! running" when it had none; so does this version, which does not serve the gateway yet.
+//! `stop_mcp_tool`: close the gateway's listener; Projects keep running. It stays closed until a
+//! Project starts or `mcp_restart` (the periodic check does not reopen it).
 
 use super::Manager;
-use super::reply::{ErrorCode, Reply};
+use super::reply::{ErrorCode, Reply, Status};
 
 pub fn stop_mcp_tool(manager: &Manager) -> Reply {
-    let mut reply = Reply::error(
-        ErrorCode::GatewayNotRunning,
-        "Global MCP tool is not running",
-        "there is nothing to stop",
-    );
-    reply.active_projects = Some(manager.running_projects());
+    let active = manager.running_projects();
+    let mut reply = if manager.gateway().stop_by_user(manager) {
+        Reply::new(Status::Success, "Global MCP tool stopped")
+    } else {
+        Reply::error(
+            ErrorCode::GatewayNotRunning,
+            "Global MCP tool is not running",
+            "there is nothing to stop",
+        )
+    };
+    reply.active_projects = Some(active);
     reply
 }

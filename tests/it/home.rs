@@ -20,6 +20,7 @@ pub struct TestHome {
     extra_env: Vec<(String, String)>,
     pub port_min: u16,
     pub port_max: u16,
+    pub gateway_port: u16,
 }
 
 /// What a CLI call returned.
@@ -58,8 +59,11 @@ impl TestHome {
             .expect("temp home");
         let slot = NEXT_RANGE.fetch_add(1, Ordering::SeqCst);
         let port_min = 21000 + (std::process::id() % 200) as u16 * 100 % 20000 + slot * 20;
-        let port_max = port_min + 19;
-        let mut toml = format!("port_min = {port_min}\nport_max = {port_max}\nlinger_secs = 600\n");
+        let port_max = port_min + 18;
+        let gateway_port = port_min + 19;
+        let mut toml = format!(
+            "port_min = {port_min}\nport_max = {port_max}\ngateway_port = {gateway_port}\nlinger_secs = 600\n"
+        );
         if !extra_toml.contains("[instance_env]") {
             toml.push_str("\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n");
             toml.push_str(extra_toml);
@@ -76,6 +80,7 @@ impl TestHome {
             extra_env: Vec::new(),
             port_min,
             port_max,
+            gateway_port,
         }
     }
 

@@ -5,9 +5,11 @@
 #![allow(clippy::disallowed_methods)]
 
 mod faults;
+mod gateway;
 mod harness_selftest;
 mod home;
 mod inputs;
 mod lifecycle;
 mod mcp;
+mod readme;
 mod support;

@@ -216,18 +216,27 @@ async fn drive_workflow(
     )
     .await;
     assert_eq!(reply["status"], "success", "{reply}");
+    // The gateway opened with the project; stop it on request, restart it, and it follows.
     let (_, reply, _) = call(client, "opencode_mcp_status", json!({}), false).await;
     assert_eq!(
         (reply["status"].as_str(), reply["active_projects"].as_u64()),
-        (Some("not_started"), Some(1)),
+        (Some("running"), Some(1)),
         "{reply}"
     );
+    assert_eq!(reply["port"].as_u64(), Some(u64::from(home.gateway_port)));
     shapes.push(("mcp_status".to_owned(), redact(&reply)));
+    let (is_error, reply, _) = call(client, "opencode_stop_mcp_tool", json!({}), false).await;
+    assert!(!is_error && reply["status"] == "success", "{reply}");
+    let (_, reply, _) = call(client, "opencode_mcp_status", json!({}), false).await;
+    assert_eq!(reply["status"], "stopped", "{reply}");
     let (is_error, reply, _) = call(client, "opencode_stop_mcp_tool", json!({}), false).await;
     assert!(
         is_error && reply["error"] == "gateway_not_running",
         "{reply}"
     );
+    let (is_error, reply, _) = call(client, "opencode_mcp_restart", json!({}), false).await;
+    assert!(!is_error && reply["status"] == "success", "{reply}");
+    shapes.push(("mcp_restart".to_owned(), redact(&reply)));
 
     let (is_error, reply, _) = call(
         client,

@@ -30,10 +30,7 @@ fn readme() -> String {
 fn snippet(readme: &str, name: &str) -> (String, String) {
     let marker = format!("<!-- snippet: {name} -->");
     let mut lines = readme.lines().skip_while(|l| l.trim() != marker);
-    assert!(
-        lines.next().is_some(),
-        "README.md has no `{marker}` marker"
-    );
+    assert!(lines.next().is_some(), "README.md has no `{marker}` marker");
     let opening = lines
         .find(|l| !l.trim().is_empty())
         .unwrap_or_else(|| panic!("nothing follows `{marker}` in README.md"));
@@ -70,7 +67,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs a documented stdio command line (`opencode-manager` replaced by the built binary) as an
 /// rmcp stdio client, and returns the names of the tools it lists.
-fn list_tools_over_stdio(argv: &[String], env: &[(String, String)], home: &TestHome) -> Vec<String> {
+fn list_tools_over_stdio(
+    argv: &[String],
+    env: &[(String, String)],
+    home: &TestHome,
+) -> Vec<String> {
     assert_eq!(
         argv.first().map(String::as_str),
         Some("opencode-manager"),
@@ -89,19 +90,25 @@ fn list_tools_over_stdio(argv: &[String], env: &[(String, String)], home: &TestH
         home.path().display().to_string(),
     ));
     runtime().block_on(async {
-        let transport =
-            TokioChildProcess::new(tokio::process::Command::new(manager_bin()).configure(|cmd| {
+        let transport = TokioChildProcess::new(
+            tokio::process::Command::new(manager_bin()).configure(|cmd| {
                 cmd.args(&args)
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .env("OPENCODE_BIN", opencode_bin())
-                    .env_remove("ENVIRONMENT");
-            }))
-            .expect("spawning the documented stdio command");
-        let client = ()
-            .serve_with_lifecycle(transport, ClientLifecycleMode::Initialize)
+                    .env_remove("ENVIRONMENT")
+                    // Only the shipped tools: no benchmark baseline tool.
+                    .env_remove("OCM_BENCH_TOOL");
+            }),
+        )
+        .expect("spawning the documented stdio command");
+        let client =
+            ().serve_with_lifecycle(transport, ClientLifecycleMode::Initialize)
+                .await
+                .expect("initialize over stdio");
+        let tools = client
+            .list_all_tools()
             .await
-            .expect("initialize over stdio");
-        let tools = client.list_all_tools().await.expect("tools/list over stdio");
+            .expect("tools/list over stdio");
         client.cancel().await.expect("closing the stdio client");
         tools.into_iter().map(|t| t.name.to_string()).collect()
     })
@@ -162,7 +169,12 @@ fn the_claude_desktop_config_starts_a_working_stdio_server() {
         .as_object()
         .map(|map| {
             map.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().expect("env values are strings").to_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().expect("env values are strings").to_owned(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -184,6 +196,7 @@ fn http_server(home: &TestHome, token: &str) -> (KillOnDrop, u16) {
         .env("OPENCODE_BIN", opencode_bin())
         .env("OPENCODE_MANAGER_TOKEN", token)
         .env_remove("ENVIRONMENT")
+        .env_remove("OCM_BENCH_TOOL")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -243,7 +256,10 @@ fn list_tools_over_http(entry: &Value, name: &str, lifecycle: ClientLifecycleMod
             )
             .auth_header(raw_token);
         let client = ()
-            .serve_with_lifecycle(StreamableHttpClientTransport::from_config(config), lifecycle)
+            .serve_with_lifecycle(
+                StreamableHttpClientTransport::from_config(config),
+                lifecycle,
+            )
             .await
             .unwrap_or_else(|err| panic!("{name}: connecting to {url}: {err}"));
         let tools = client
@@ -274,7 +290,10 @@ fn the_readme_says_how_to_start_the_http_server_and_where_the_token_is() {
 fn the_streamable_http_config_reaches_a_working_server() {
     let config = json_snippet(&readme(), "streamable-http");
     let entry = &config["mcpServers"]["opencode-manager"];
-    assert_eq!(entry["type"], "http", "a Streamable HTTP entry has type http");
+    assert_eq!(
+        entry["type"], "http",
+        "a Streamable HTTP entry has type http"
+    );
     let names = list_tools_over_http(
         entry,
         "streamable-http",

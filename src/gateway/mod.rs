@@ -1,0 +1,259 @@
+//! The global MCP gateway (port 3005): every Project's coding sessions behind one Streamable HTTP
+//! endpoint, served by the daemon itself (the original ran a separate Node process).
+//!
+//! [`Gateway`] owns the listener and its lifecycle: open while at least one Project runs, closed
+//! after the last stops (the original's auto-lifecycle), or closed on request until a Project
+//! starts or `mcp_restart`. It also keeps the original's compatibility files current
+//! (`global-mcp-tool.pid`, `opencode-mcp-tool-servers.json`). Tools live in `tools`, tokens in
+//! `auth`; only this module and `mcp` know rmcp, only these and `http_guard` know axum.
+
+pub mod auth;
+pub mod servers_file;
+pub mod tools;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::middleware;
+use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::Manager;
+use crate::secrets::Secret;
+
+/// The listener's lifecycle. Each variant carries what is valid in it.
+#[derive(Debug)]
+enum Listener {
+    NotStarted,
+    Running {
+        cancel: CancellationToken,
+        port: u16,
+        since: Instant,
+        started_at: String,
+    },
+    Stopped {
+        by_user: bool,
+        error: Option<String>,
+    },
+}
+
+/// What `mcp_status` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayView {
+    NotStarted,
+    Running {
+        port: u16,
+        uptime_secs: u64,
+        started_at: String,
+    },
+    Stopped {
+        error: Option<String>,
+    },
+}
+
+/// Why the gateway is being synchronised with the running Projects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A periodic check or a stop: follow the running Projects, but respect a user's stop.
+    Follow,
+    /// A Project was started (or the user asked for a restart): open even after a user's stop.
+    Open,
+}
+
+/// The gateway's listener, owned by the daemon.
+pub struct Gateway {
+    // A std mutex: held only to read or swap the lifecycle value, never across an `.await`.
+    listener: Mutex<Listener>,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            listener: Mutex::new(Listener::NotStarted),
+        }
+    }
+}
+
+impl Gateway {
+    pub fn view(&self) -> GatewayView {
+        match &*self.lock() {
+            Listener::NotStarted => GatewayView::NotStarted,
+            Listener::Running {
+                port,
+                since,
+                started_at,
+                ..
+            } => GatewayView::Running {
+                port: *port,
+                uptime_secs: since.elapsed().as_secs(),
+                started_at: started_at.clone(),
+            },
+            Listener::Stopped { error, .. } => GatewayView::Stopped {
+                error: error.clone(),
+            },
+        }
+    }
+
+    /// Opens or closes the listener to match the running Projects. Returns an error text when it
+    /// should be open but cannot listen.
+    pub fn sync(&self, manager: &Manager, trigger: Trigger) -> Result<(), String> {
+        let wanted = manager.running_projects() > 0;
+        let mut listener = self.lock();
+        match (&*listener, wanted) {
+            (Listener::Running { .. }, true) => Ok(()),
+            (Listener::Running { .. }, false) => {
+                close(&mut listener, manager, false);
+                Ok(())
+            }
+            (Listener::Stopped { by_user: true, .. }, true) if trigger == Trigger::Follow => Ok(()),
+            (_, true) => open(&mut listener, manager),
+            (_, false) => Ok(()),
+        }
+    }
+
+    /// Closes the listener on the user's request; it stays closed until a Project starts or `mcp_restart`.
+    pub fn stop_by_user(&self, manager: &Manager) -> bool {
+        let mut listener = self.lock();
+        if !matches!(*listener, Listener::Running { .. }) {
+            return false;
+        }
+        close(&mut listener, manager, true);
+        true
+    }
+
+    /// Closes and reopens the listener.
+    pub fn restart(&self, manager: &Manager) -> Result<(), String> {
+        let mut listener = self.lock();
+        if matches!(*listener, Listener::Running { .. }) {
+            close(&mut listener, manager, false);
+        }
+        open(&mut listener, manager)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Listener> {
+        self.listener.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn open(listener: &mut Listener, manager: &Manager) -> Result<(), String> {
+    let port = manager.config().gateway_port;
+    let result = bind_and_serve(manager, port);
+    let paths = &manager.config().paths;
+    match result {
+        Ok(cancel) => {
+            let started_at = crate::timestamp::now();
+            let _ = crate::atomic_file::replace(
+                &paths.gateway_pid_file(),
+                format!("{}\n", std::process::id()).as_bytes(),
+                crate::atomic_file::PRIVATE,
+            );
+            record(manager, "running", Some(started_at.clone()), None);
+            tracing::info!(port, "gateway listening on http://127.0.0.1:{port}/mcp");
+            *listener = Listener::Running {
+                cancel,
+                port,
+                since: Instant::now(),
+                started_at,
+            };
+            Ok(())
+        }
+        Err(err) => {
+            let message = format!("the gateway could not listen on 127.0.0.1:{port}: {err}");
+            tracing::error!("{message}");
+            record(manager, "failed", None, Some(message.clone()));
+            *listener = Listener::Stopped {
+                by_user: false,
+                error: Some(message.clone()),
+            };
+            Err(message)
+        }
+    }
+}
+
+fn close(listener: &mut Listener, manager: &Manager, by_user: bool) {
+    if let Listener::Running { cancel, port, .. } = &*listener {
+        cancel.cancel();
+        tracing::info!(port, by_user, "gateway closed");
+    }
+    let _ = crate::atomic_file::remove_if_present(&manager.config().paths.gateway_pid_file());
+    record(manager, "stopped", None, None);
+    *listener = Listener::Stopped {
+        by_user,
+        error: None,
+    };
+}
+
+fn record(manager: &Manager, status: &str, started_at: Option<String>, error: Option<String>) {
+    let port = manager.config().gateway_port;
+    let _ = manager.store().update(|s| {
+        s.gateway = Some(crate::state::GatewayRecord {
+            port: Some(port),
+            status: status.to_owned(),
+            started_at,
+            error,
+        });
+    });
+}
+
+/// Binds synchronously (so a busy port is reported at once), then serves in a task.
+fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<CancellationToken> {
+    let std_listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let global = auth::global_token(manager)?;
+    let cancel = CancellationToken::new();
+    let app = router(manager.clone(), global, cancel.clone());
+    let shutdown = cancel.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(err) = served {
+            tracing::error!("gateway stopped serving: {err}");
+        }
+    });
+    Ok(cancel)
+}
+
+/// `/mcp` behind the bearer check, and an unauthenticated `/health`; both behind the Host/Origin guard.
+pub fn router(manager: Manager, global: Secret, cancel: CancellationToken) -> Router {
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(crate::http_guard::allowed_hosts())
+        .with_allowed_origins(["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"])
+        .with_json_response(true)
+        .with_cancellation_token(cancel.child_token());
+    let for_service = manager.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(tools::GatewayServer::new(for_service.clone())),
+        LocalSessionManager::default().into(),
+        config,
+    );
+    let auth = Arc::new(auth::Auth {
+        manager: manager.clone(),
+        global,
+    });
+    let protected = Router::new()
+        .nest_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(auth, auth::bearer));
+    Router::new()
+        .route(
+            "/health",
+            get(move || {
+                let active = manager.running_projects();
+                async move {
+                    axum::Json(serde_json::json!({
+                        "status": "ok", "server": "opencode-manager-gateway",
+                        "version": env!("CARGO_PKG_VERSION"), "active_projects": active,
+                    }))
+                }
+            }),
+        )
+        .merge(protected)
+        .layer(middleware::from_fn_with_state(
+            crate::http_guard::Guard::loopback(),
+            crate::http_guard::local_only,
+        ))
+}

@@ -1,0 +1,733 @@
+//! The gateway's MCP tools: the Node opencode-mcp-tool's session tools, with the same names and
+//! parameters, plus the async-prompt and permission tools an assistant needs for long turns.
+//!
+//! Each tool resolves `server` (a Project name) within the caller's token scope, then makes one
+//! call to that Instance's HTTP API. Results are the Node tool's: the JSON as text, or
+//! `isError: true` with `Error executing <tool>: <message>`. OpenCode passwords never leave here.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::Scope;
+use crate::instance::api::{ApiError, InstanceApi};
+use crate::ops::Manager;
+use crate::project::ProjectName;
+use crate::state::InstanceRecord;
+
+/// How long a synchronous prompt may take (provider retries alone can take a minute).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(600);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The gateway's MCP server; one per HTTP session or stateless request.
+#[derive(Clone)]
+pub struct GatewayServer {
+    manager: Manager,
+    tool_router: ToolRouter<GatewayServer>,
+}
+
+impl GatewayServer {
+    pub fn new(manager: Manager) -> GatewayServer {
+        GatewayServer {
+            manager,
+            tool_router: GatewayServer::tool_router(),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for GatewayServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("opencode-manager-gateway", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Coding sessions of every OpenCode project this manager runs. Pass `server` (the project name) \
+                 to choose a project; without it, the only running project is used. Use opencode-session-create, \
+                 then opencode-session-message (waits for the reply) or opencode-session-prompt-async with \
+                 opencode-session-status and opencode-permission-list/-reply for long turns.",
+            )
+    }
+}
+
+/// `server` only.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ServerParams {
+    /// OpenCode server ID: the project name. Optional when exactly one project runs.
+    #[serde(default)]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CreateParams {
+    /// OpenCode server ID: the project name. Optional when exactly one project runs.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Optional parent session ID for hierarchical sessions
+    #[serde(default, rename = "parentID")]
+    pub parent_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionParams {
+    /// OpenCode server ID: the project name. Optional when exactly one project runs.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// The session ID (ses_…)
+    #[serde(rename = "sessionId")]
+    pub session_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct MessageParams {
+    /// OpenCode server ID: the project name. Optional when exactly one project runs.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// The session ID (ses_…)
+    #[serde(rename = "sessionId")]
+    pub session_id: String,
+    /// The message text to send
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct MessagesParams {
+    /// OpenCode server ID: the project name. Optional when exactly one project runs.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// The session ID (ses_…)
+    #[serde(rename = "sessionId")]
+    pub session_id: String,
+    /// Return only the last N messages (whole histories are large)
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct StatusParams {
+    /// OpenCode server ID: the project name. Optional when exactly one project runs.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Only this session; without it, every busy session of the project
+    #[serde(default, rename = "sessionId")]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ReplyParams {
+    /// OpenCode server ID: the project name. Optional when exactly one project runs.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// The permission request ID (per_…) from opencode-permission-list
+    #[serde(rename = "permissionId")]
+    pub permission_id: String,
+    /// once: allow this call; always: allow calls like it from now on; reject: refuse it
+    pub reply: PermissionReply,
+    /// Optional message to the agent (with reject)
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PermissionReply {
+    Once,
+    Always,
+    Reject,
+}
+
+#[tool_router(vis = "pub(crate)")]
+impl GatewayServer {
+    #[tool(
+        name = "opencode-server-health",
+        description = "Check health and status of the connected OpenCode server",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn server_health(
+        &self,
+        Parameters(p): Parameters<ServerParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        self.run(
+            "opencode-server-health",
+            p.server,
+            &ctx,
+            Method::GET,
+            "/global/health".into(),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    #[tool(
+        name = "opencode-session-create",
+        description = "Create a new session on the OpenCode server",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn session_create(
+        &self,
+        Parameters(p): Parameters<CreateParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let body = match p.parent_id {
+            Some(parent) => json!({ "parentID": parent }),
+            None => json!({}),
+        };
+        self.run(
+            "opencode-session-create",
+            p.server,
+            &ctx,
+            Method::POST,
+            "/session".into(),
+            Some(body),
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    #[tool(
+        name = "opencode-session-list",
+        description = "List all active sessions on the OpenCode server",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn session_list(
+        &self,
+        Parameters(p): Parameters<ServerParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        self.run(
+            "opencode-session-list",
+            p.server,
+            &ctx,
+            Method::GET,
+            "/session".into(),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    #[tool(
+        name = "opencode-session-get",
+        description = "Get details of a specific OpenCode session",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn session_get(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let Some(id) = checked_id(&p.session_id) else {
+            return fail("opencode-session-get", "sessionId must look like ses_…");
+        };
+        self.run(
+            "opencode-session-get",
+            p.server,
+            &ctx,
+            Method::GET,
+            format!("/session/{id}"),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    #[tool(
+        name = "opencode-session-delete",
+        description = "Delete a session from the OpenCode server (abort it first if it is busy)",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn session_delete(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let Some(id) = checked_id(&p.session_id) else {
+            return fail("opencode-session-delete", "sessionId must look like ses_…");
+        };
+        let result = self
+            .run(
+                "opencode-session-delete",
+                p.server,
+                &ctx,
+                Method::DELETE,
+                format!("/session/{id}"),
+                None,
+                CALL_TIMEOUT,
+            )
+            .await;
+        if result.is_error == Some(true) {
+            return result;
+        }
+        text_result(format!("Session {id} deleted successfully"))
+    }
+
+    #[tool(
+        name = "opencode-session-message",
+        description = "Send a message to an OpenCode session and wait for the whole turn; returns the assistant's text and parts. Provider failures are reported as errors.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn session_message(
+        &self,
+        Parameters(p): Parameters<MessageParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        const TOOL: &str = "opencode-session-message";
+        let Some(id) = checked_id(&p.session_id) else {
+            return fail(TOOL, "sessionId must look like ses_…");
+        };
+        let (project, api) = match self.target(p.server, &ctx) {
+            Ok(target) => target,
+            Err(message) => return fail(TOOL, &message),
+        };
+        let body = json!({ "parts": [{ "type": "text", "text": p.content }] });
+        match api
+            .call(
+                Method::POST,
+                &format!("/session/{id}/message"),
+                Some(&body),
+                MESSAGE_TIMEOUT,
+            )
+            .await
+        {
+            Ok(answer) => match turn_error(&answer) {
+                Some(error) => fail(
+                    TOOL,
+                    &format!("the model provider failed the turn: {error}"),
+                ),
+                None => json_result(json!({
+                    "text": assistant_text(&answer),
+                    "info": answer.get("info").cloned().unwrap_or(Value::Null),
+                    "parts": answer.get("parts").cloned().unwrap_or(Value::Null),
+                })),
+            },
+            Err(err) => fail(TOOL, &self.explain(&project, &api, err).await),
+        }
+    }
+
+    #[tool(
+        name = "opencode-session-messages",
+        description = "Get the messages of an OpenCode session (use limit: whole histories are large)",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn session_messages(
+        &self,
+        Parameters(p): Parameters<MessagesParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let Some(id) = checked_id(&p.session_id) else {
+            return fail(
+                "opencode-session-messages",
+                "sessionId must look like ses_…",
+            );
+        };
+        let path = match p.limit {
+            Some(limit) => format!("/session/{id}/message?limit={limit}"),
+            None => format!("/session/{id}/message"),
+        };
+        self.run(
+            "opencode-session-messages",
+            p.server,
+            &ctx,
+            Method::GET,
+            path,
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    #[tool(
+        name = "opencode-session-prompt-async",
+        description = "Send a message to an OpenCode session without waiting; follow it with opencode-session-status, opencode-permission-list and opencode-session-messages",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn session_prompt_async(
+        &self,
+        Parameters(p): Parameters<MessageParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        const TOOL: &str = "opencode-session-prompt-async";
+        let Some(id) = checked_id(&p.session_id) else {
+            return fail(TOOL, "sessionId must look like ses_…");
+        };
+        let body = json!({ "parts": [{ "type": "text", "text": p.content }] });
+        let result = self
+            .run(
+                TOOL,
+                p.server,
+                &ctx,
+                Method::POST,
+                format!("/session/{id}/prompt_async"),
+                Some(body),
+                CALL_TIMEOUT,
+            )
+            .await;
+        if result.is_error == Some(true) {
+            return result;
+        }
+        json_result(json!({ "sessionId": id, "status": "accepted" }))
+    }
+
+    #[tool(
+        name = "opencode-session-status",
+        description = "Whether a session is busy (working), retrying, or idle (its turn is over)",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn session_status(
+        &self,
+        Parameters(p): Parameters<StatusParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        const TOOL: &str = "opencode-session-status";
+        let (project, api) = match self.target(p.server, &ctx) {
+            Ok(target) => target,
+            Err(message) => return fail(TOOL, &message),
+        };
+        let all = match api
+            .call(Method::GET, "/session/status", None, CALL_TIMEOUT)
+            .await
+        {
+            Ok(all) => all,
+            Err(err) => return fail(TOOL, &self.explain(&project, &api, err).await),
+        };
+        match p.session_id {
+            None => json_result(json!({ "sessions": all })),
+            Some(id) => {
+                let status = all
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| json!({ "type": "idle" }));
+                json_result(json!({ "sessionId": id, "status": status }))
+            }
+        }
+    }
+
+    #[tool(
+        name = "opencode-session-abort",
+        description = "Stop the running turn of a session (its running tools are ended too)",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn session_abort(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let Some(id) = checked_id(&p.session_id) else {
+            return fail("opencode-session-abort", "sessionId must look like ses_…");
+        };
+        self.run(
+            "opencode-session-abort",
+            p.server,
+            &ctx,
+            Method::POST,
+            format!("/session/{id}/abort"),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    #[tool(
+        name = "opencode-permission-list",
+        description = "Permission requests waiting for an answer (for example a bash command the agent wants to run)",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn permission_list(
+        &self,
+        Parameters(p): Parameters<StatusParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        const TOOL: &str = "opencode-permission-list";
+        let (project, api) = match self.target(p.server, &ctx) {
+            Ok(target) => target,
+            Err(message) => return fail(TOOL, &message),
+        };
+        match api
+            .call(Method::GET, "/permission", None, CALL_TIMEOUT)
+            .await
+        {
+            Ok(Value::Array(items)) => {
+                let items: Vec<Value> = items
+                    .into_iter()
+                    .filter(|item| {
+                        p.session_id.as_deref().is_none_or(|id| {
+                            item.get("sessionID").and_then(Value::as_str) == Some(id)
+                        })
+                    })
+                    .collect();
+                json_result(json!({ "permissions": items }))
+            }
+            Ok(other) => json_result(json!({ "permissions": other })),
+            Err(err) => fail(TOOL, &self.explain(&project, &api, err).await),
+        }
+    }
+
+    #[tool(
+        name = "opencode-permission-reply",
+        description = "Answer a permission request: once, always or reject",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn permission_reply(
+        &self,
+        Parameters(p): Parameters<ReplyParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let Some(id) = checked_id(&p.permission_id) else {
+            return fail(
+                "opencode-permission-reply",
+                "permissionId must look like per_…",
+            );
+        };
+        let mut body = json!({ "reply": p.reply });
+        if let Some(message) = p.message {
+            body["message"] = Value::String(message);
+        }
+        self.run(
+            "opencode-permission-reply",
+            p.server,
+            &ctx,
+            Method::POST,
+            format!("/permission/{id}/reply"),
+            Some(body),
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+}
+
+impl GatewayServer {
+    /// Resolves the Project and calls its Instance once.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        tool: &str,
+        server: Option<String>,
+        ctx: &RequestContext<RoleServer>,
+        method: Method,
+        path: String,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> CallToolResult {
+        let (project, api) = match self.target(server, ctx) {
+            Ok(target) => target,
+            Err(message) => return fail(tool, &message),
+        };
+        match api.call(method, &path, body.as_ref(), timeout).await {
+            Ok(value) => json_result(value),
+            Err(err) => fail(tool, &self.explain(&project, &api, err).await),
+        }
+    }
+
+    /// The Project a call is for, and a client for its Instance.
+    fn target(
+        &self,
+        server: Option<String>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<(String, InstanceApi), String> {
+        let scope = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Scope>().cloned())
+            .unwrap_or(Scope::All);
+        let state = self.manager.store().snapshot();
+        let running: Vec<String> = state
+            .projects
+            .iter()
+            .filter(|(_, r)| matches!(r.instance, InstanceRecord::Running { .. }))
+            .filter(|(_, r)| {
+                r.instance
+                    .proc()
+                    .is_some_and(|(p, _)| crate::instance::process::is_alive(p))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let name = match (server, &scope) {
+            (Some(name), _) => name,
+            (None, Scope::Project(own)) => own.clone(),
+            (None, Scope::All) => match running.as_slice() {
+                [only] => only.clone(),
+                [] => {
+                    return Err(format!(
+                        "No OpenCode server is running. Available servers: {}",
+                        list(state.projects.keys())
+                    ));
+                }
+                many => {
+                    return Err(format!(
+                        "Several OpenCode servers are running; pass server, one of: {}",
+                        many.join(", ")
+                    ));
+                }
+            },
+        };
+        let Some(record) = ProjectName::parse(&name)
+            .ok()
+            .and_then(|p| state.projects.get(p.as_str()))
+        else {
+            return Err(format!(
+                "OpenCode server not found: \"{name}\". Available servers: {}",
+                list(state.projects.keys())
+            ));
+        };
+        if let Scope::Project(own) = &scope
+            && own != &name
+        {
+            return Err(format!("this token reaches only project {own}, not {name}"));
+        }
+        let (Some(port), true) = (record.port, running.contains(&name)) else {
+            return Err(format!(
+                "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
+            ));
+        };
+        let project = ProjectName::parse(&name).map_err(|err| err.message)?;
+        let env = crate::project_env::load(&self.manager.config().paths.env_file(&project))
+            .map_err(|err| err.message)?;
+        Ok((name, InstanceApi::new(port, env.password)))
+    }
+
+    /// Turns a failed call into a message that says what happened to the Project.
+    async fn explain(&self, project: &str, api: &InstanceApi, err: ApiError) -> String {
+        match &err {
+            ApiError::Connect(_) | ApiError::Body(_) | ApiError::Timeout(_) => {
+                let still_up = api.health(Duration::from_millis(500)).await.is_ok();
+                if still_up {
+                    format!("OpenCode of {project}: {err}")
+                } else {
+                    format!(
+                        "the OpenCode server of {project} stopped answering ({err}); it may have been stopped or crashed: check opencode_status"
+                    )
+                }
+            }
+            ApiError::Status { status: 500, body } if body.contains("UnknownError") => format!(
+                "OpenCode of {project} failed with an internal error ({body}); this usually means no usable model provider \
+                 or an unknown model: opencode_status shows the provider, and the project's log has the details"
+            ),
+            _ => format!("OpenCode of {project}: {err}"),
+        }
+    }
+}
+
+/// IDs go into URL paths, so only OpenCode's ID alphabet is accepted.
+fn checked_id(id: &str) -> Option<&str> {
+    (!id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    .then_some(id)
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// A provider failure that OpenCode returned with HTTP 200 (`info.error`).
+fn turn_error(answer: &Value) -> Option<String> {
+    let error = answer.get("info")?.get("error")?;
+    let name = error.get("name").and_then(Value::as_str).unwrap_or("error");
+    let message = error
+        .get("data")
+        .and_then(|d| d.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("no message");
+    Some(format!("{name}: {message}"))
+}
+
+fn assistant_text(answer: &Value) -> String {
+    answer
+        .get("parts")
+        .and_then(Value::as_array)
+        .map(|parts| {
+            parts
+                .iter()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+fn json_result(value: Value) -> CallToolResult {
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    if value.is_object() {
+        result.structured_content = Some(value);
+    }
+    result
+}
+
+fn text_result(text: String) -> CallToolResult {
+    CallToolResult::success(vec![ContentBlock::text(text)])
+}
+
+fn fail(tool: &str, message: &str) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "Error executing {tool}: {message}"
+    ))])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_change_the_path_are_refused() {
+        assert_eq!(checked_id("ses_abc123"), Some("ses_abc123"));
+        for bad in ["", "../x", "a/b", "a?b", "a b", "%2e"] {
+            assert_eq!(checked_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_provider_failure_in_a_200_answer_is_found() {
+        let answer = json!({"info": {"error": {"name": "APIError", "data": {"message": "Incorrect API key provided"}}}, "parts": []});
+        assert_eq!(
+            turn_error(&answer).as_deref(),
+            Some("APIError: Incorrect API key provided")
+        );
+        let ok =
+            json!({"info": {}, "parts": [{"type": "text", "text": "hi"}, {"type": "step-finish"}]});
+        assert_eq!(turn_error(&ok), None);
+        assert_eq!(assistant_text(&ok), "hi");
+    }
+}
