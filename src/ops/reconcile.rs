@@ -17,6 +17,7 @@ use crate::state::InstanceRecord;
 pub async fn on_daemon_start(manager: &Manager) {
     let paths = &manager.config().paths;
     let state = manager.store().snapshot();
+    let mut keep = std::collections::HashSet::new();
     for (name, record) in &state.projects {
         let Ok(project) = ProjectName::parse(name) else {
             continue;
@@ -71,19 +72,25 @@ pub async fn on_daemon_start(manager: &Manager) {
             }
             None => {}
         }
-        let prefix = crate::sandbox::marker_prefix(paths, &project);
-        let keep = current_marker.filter(|_| {
-            record
+        if let Some(marker) = current_marker
+            && record
                 .instance
                 .proc()
                 .is_some_and(|(p, _)| process::is_alive(p))
-        });
-        let swept =
-            process::sweep(|value| value.starts_with(&prefix) && Some(value) != keep.as_deref())
-                .await;
-        if swept > 0 {
-            tracing::warn!(project = %project, swept, "killed unrecorded processes left by an earlier daemon");
+        {
+            keep.insert(marker);
         }
+    }
+    // One pass over /proc for the whole home: anything carrying this home's marker that is not a
+    // living, recorded launch was started by an earlier daemon that never recorded it.
+    let home_prefix = crate::sandbox::home_marker_prefix(paths);
+    let swept =
+        process::sweep(|value| value.starts_with(&home_prefix) && !keep.contains(value)).await;
+    if swept > 0 {
+        tracing::warn!(
+            swept,
+            "killed unrecorded processes left by an earlier daemon"
+        );
     }
 }
 
