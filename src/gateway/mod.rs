@@ -100,7 +100,9 @@ impl Gateway {
     /// Opens or closes the listener to match the running Projects. Returns an error text when it
     /// should be open but cannot listen.
     pub fn sync(&self, manager: &Manager, trigger: Trigger) -> Result<(), String> {
-        let wanted = manager.running_projects() > 0;
+        // A restart in progress counts as running, so restarting the only Project never closes
+        // the gateway (which would end 2025-era clients' sessions).
+        let wanted = manager.running_projects() > 0 || manager.restarts_in_flight() > 0;
         let mut listener = self.lock();
         match (&*listener, wanted) {
             (Listener::Running { .. }, true) => Ok(()),
@@ -161,8 +163,12 @@ fn open(listener: &mut Listener, manager: &Manager) -> Result<(), String> {
             Ok(())
         }
         Err(err) => {
-            let message = format!("the gateway could not listen on 127.0.0.1:{port}: {err}");
-            tracing::error!("{message}");
+            let message = format!("the gateway could not start on 127.0.0.1:{port}: {err}");
+            // The periodic check retries every second; say it once per distinct failure.
+            let repeated = matches!(&*listener, Listener::Stopped { error: Some(previous), .. } if *previous == message);
+            if !repeated {
+                tracing::error!("{message}");
+            }
             record(manager, "failed", None, Some(message.clone()));
             *listener = Listener::Stopped {
                 by_user: false,
@@ -200,10 +206,21 @@ fn record(manager: &Manager, status: &str, started_at: Option<String>, error: Op
 
 /// Binds synchronously (so a busy port is reported at once), then serves in a task.
 fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<CancellationToken> {
-    let std_listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
+    let global = auth::global_token(manager)
+        .map_err(|err| std::io::Error::other(format!("reading the gateway token: {err}")))?;
+    // Right after a close the old server task may still hold the port for a moment.
+    let mut attempts = 0;
+    let std_listener = loop {
+        match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && attempts < 20 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => break other?,
+        }
+    };
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let global = auth::global_token(manager)?;
     let cancel = CancellationToken::new();
     let app = router(manager.clone(), global, cancel.clone());
     let shutdown = cancel.clone();

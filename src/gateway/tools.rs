@@ -311,10 +311,7 @@ impl GatewayServer {
             .await
         {
             Ok(answer) => match turn_error(&answer) {
-                Some(error) => fail(
-                    TOOL,
-                    &format!("the model provider failed the turn: {error}"),
-                ),
+                Some(error) => fail(TOOL, &error),
                 None => json_result(json!({
                     "text": assistant_text(&answer),
                     "info": answer.get("info").cloned().unwrap_or(Value::Null),
@@ -562,7 +559,8 @@ impl GatewayServer {
             .extensions
             .get::<axum::http::request::Parts>()
             .and_then(|parts| parts.extensions.get::<Scope>().cloned())
-            .unwrap_or(Scope::All);
+            // The auth layer always sets it; without it nothing is reachable.
+            .ok_or_else(|| "this request carries no credentials".to_owned())?;
         let state = self.manager.store().snapshot();
         let running: Vec<String> = state
             .projects
@@ -594,6 +592,12 @@ impl GatewayServer {
                 }
             },
         };
+        // A project's token learns nothing about other projects, not even their names.
+        if let Scope::Project(own) = &scope
+            && own != &name
+        {
+            return Err(format!("this token reaches only project {own}, not {name}"));
+        }
         let Some(record) = ProjectName::parse(&name)
             .ok()
             .and_then(|p| state.projects.get(p.as_str()))
@@ -603,11 +607,6 @@ impl GatewayServer {
                 list(state.projects.keys())
             ));
         };
-        if let Scope::Project(own) = &scope
-            && own != &name
-        {
-            return Err(format!("this token reaches only project {own}, not {name}"));
-        }
         let (Some(port), true) = (record.port, running.contains(&name)) else {
             return Err(format!(
                 "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
@@ -643,8 +642,10 @@ impl GatewayServer {
 
 /// IDs go into URL paths, so only OpenCode's ID alphabet is accepted.
 fn checked_id(id: &str) -> Option<&str> {
-    (!id.is_empty()
+    (id.len() > 4
         && id.len() <= 128
+        && id.as_bytes()[3] == b'_'
+        && id[..3].chars().all(|c| c.is_ascii_lowercase())
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
@@ -669,7 +670,10 @@ fn turn_error(answer: &Value) -> Option<String> {
         .and_then(|d| d.get("message"))
         .and_then(Value::as_str)
         .unwrap_or("no message");
-    Some(format!("{name}: {message}"))
+    Some(match name {
+        "MessageAbortedError" => "the turn was aborted before it finished".to_owned(),
+        _ => format!("the model provider failed the turn: {name}: {message}"),
+    })
 }
 
 fn assistant_text(answer: &Value) -> String {
@@ -713,7 +717,10 @@ mod tests {
     #[test]
     fn ids_that_could_change_the_path_are_refused() {
         assert_eq!(checked_id("ses_abc123"), Some("ses_abc123"));
-        for bad in ["", "../x", "a/b", "a?b", "a b", "%2e"] {
+        assert_eq!(checked_id("per_X-1"), Some("per_X-1"));
+        for bad in [
+            "", "abc", "../x", "a/b", "ses_a?b", "ses_a b", "%2e", "ses_",
+        ] {
             assert_eq!(checked_id(bad), None, "{bad}");
         }
     }
@@ -723,7 +730,7 @@ mod tests {
         let answer = json!({"info": {"error": {"name": "APIError", "data": {"message": "Incorrect API key provided"}}}, "parts": []});
         assert_eq!(
             turn_error(&answer).as_deref(),
-            Some("APIError: Incorrect API key provided")
+            Some("the model provider failed the turn: APIError: Incorrect API key provided")
         );
         let ok =
             json!({"info": {}, "parts": [{"type": "text", "text": "hi"}, {"type": "step-finish"}]});

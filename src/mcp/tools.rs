@@ -72,12 +72,17 @@ pub struct LogsParams {
 }
 
 /// The declared output schema of every tool: the reply object.
+/// Built once: every tool declares it, and a stateless HTTP request builds the tool list anew.
 fn reply_schema() -> Arc<rmcp::model::JsonObject> {
-    let schema = schemars::schema_for!(Reply);
-    match serde_json::to_value(schema) {
-        Ok(serde_json::Value::Object(map)) => Arc::new(map),
-        _ => Arc::new(rmcp::model::JsonObject::new()),
-    }
+    static SCHEMA: std::sync::OnceLock<Arc<rmcp::model::JsonObject>> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(
+            || match serde_json::to_value(schemars::schema_for!(Reply)) {
+                Ok(serde_json::Value::Object(map)) => Arc::new(map),
+                _ => Arc::new(rmcp::model::JsonObject::new()),
+            },
+        )
+        .clone()
 }
 
 #[tool_router(vis = "pub(crate)")]

@@ -117,6 +117,7 @@ struct Inner {
     /// Serialises choosing and recording ports, so two starts never pick the same one.
     port_lock: tokio::sync::Mutex<()>,
     gateway: crate::gateway::Gateway,
+    restarts_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Manager {
@@ -136,6 +137,7 @@ impl Manager {
                 install_lock: tokio::sync::Mutex::new(()),
                 port_lock: tokio::sync::Mutex::new(()),
                 gateway: crate::gateway::Gateway::default(),
+                restarts_in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -175,6 +177,21 @@ impl Manager {
 
     pub(crate) fn port_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.port_lock
+    }
+
+    /// How many restarts are between their stop and their start.
+    pub fn restarts_in_flight(&self) -> usize {
+        self.inner
+            .restarts_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks a restart in progress until the guard drops.
+    pub(crate) fn restart_guard(&self) -> RestartGuard {
+        self.inner
+            .restarts_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RestartGuard(self.clone())
     }
 
     pub fn gateway(&self) -> &crate::gateway::Gateway {
@@ -233,6 +250,18 @@ impl Manager {
     pub(crate) fn gateway_url(&self) -> (String, u16) {
         let port = self.config().gateway_port;
         (format!("http://127.0.0.1:{port}/mcp"), port)
+    }
+}
+
+/// Ends a restart's "in progress" mark when dropped.
+pub(crate) struct RestartGuard(Manager);
+
+impl Drop for RestartGuard {
+    fn drop(&mut self) {
+        self.0
+            .inner
+            .restarts_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

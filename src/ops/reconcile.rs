@@ -139,15 +139,24 @@ pub async fn stop_legacy_mcp_tools(manager: &Manager) {
     let tools = manager.store().snapshot().legacy_mcp_tools;
     for tool in &tools {
         let Some(pid) = tool.pid else { continue };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        let args: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                c.split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
+        let cmdline = args.join(" ");
+        // The exact `--port N` (or `--port=N`) argument, not a prefix of another number.
+        let on_port = |port: u16| {
+            let wanted = port.to_string();
+            args.windows(2).any(|w| w[0] == "--port" && w[1] == wanted)
+                || args.iter().any(|a| *a == format!("--port={wanted}"))
+        };
         let is_the_tool = ["opencode-mcp-tool", "index-http.js", "dev:http"]
             .iter()
             .any(|m| cmdline.contains(m))
-            && tool
-                .port
-                .is_none_or(|port| cmdline.contains(&format!("--port {port}")));
+            && tool.port.is_none_or(on_port);
         if is_the_tool && let Some(id) = process::identity(pid) {
             tracing::warn!(project = %tool.project_name, pid, "stopping the original's v1.0 per-project MCP tool; the gateway replaces it");
             let _ = rustix::process::Pid::from_raw(id.pid)

@@ -35,6 +35,7 @@ pub async fn restart(
         return start::start(manager, args, caller, progress).await;
     }
     let _guard = manager.lock_project(&project).await;
+    let _restarting = manager.restart_guard();
     // Read the .env first: a broken one must not leave a running Project stopped.
     let env = match crate::project_env::load(&manager.config().paths.env_file(&project)) {
         Ok(env) => env,

@@ -3,6 +3,7 @@
 
 use crate::faults::file_repo;
 use crate::home::TestHome;
+use serde_json::json;
 
 fn nothing_created(home: &TestHome) {
     let sandboxes: Vec<_> = std::fs::read_dir(home.path().join("opencode-sandboxes"))
@@ -274,5 +275,56 @@ fn a_missing_opencode_is_installed_with_npm_into_the_home_on_first_need() {
         exe.starts_with(home.path().join("opencode-runtime")),
         "{}",
         exe.display()
+    );
+}
+
+#[test]
+fn the_originals_per_project_tools_are_stopped_only_when_provably_theirs() {
+    let home = TestHome::fake("ok", "");
+    let spawn = |args: &[&str]| {
+        crate::support::KillOnDrop(
+            std::process::Command::new("python3")
+                .args(["-c", "import time; time.sleep(300)"])
+                .args(args)
+                .spawn()
+                .expect("python3"),
+        )
+    };
+    let tool = spawn(&[
+        "node",
+        "dist/index-http.js",
+        "opencode-mcp-tool",
+        "--port",
+        "5100",
+    ]);
+    let unrelated = spawn(&["something-else", "--port", "5101"]);
+    let lookalike = spawn(&["opencode-mcp-tool", "--port", "51000"]);
+    let process = |pid: i32, port: u16| json!({"pid": pid, "port": port, "status": "running", "started_at": null, "last_error": null});
+    let project = |name: &str, pid: i32, port: u16| {
+        json!({"project_name": name, "sandbox_dir": format!("/nonexistent/{name}"), "git_url": "git@h:o/r.git", "ssh_key_path": null,
+               "opencode": {"pid": null, "port": 4100, "status": "stopped", "started_at": null, "last_error": null},
+               "mcp_tool": process(pid, port), "created_at": "2026-01-28T10:30:00.123456", "last_health_check": null})
+    };
+    let v1_0 = json!({"projects": {
+        "a": project("a", tool.pid(), 5100),
+        "b": project("b", unrelated.pid(), 5101),
+        "c": project("c", lookalike.pid(), 5100),
+    }});
+    std::fs::write(home.path().join("opencode-state.json"), v1_0.to_string()).expect("write");
+    let list = home.run(&["list"]);
+    assert_eq!(list.status(), "success", "{list:?}");
+    crate::support::wait_until(
+        "the v1.0 tool to stop",
+        std::time::Duration::from_secs(10),
+        || !crate::support::pid_alive(tool.pid()),
+    );
+    assert!(crate::support::pid_alive(unrelated.pid()), "not that tool");
+    assert!(
+        crate::support::pid_alive(lookalike.pid()),
+        "that tool, but on another port"
+    );
+    assert!(
+        home.state().get("legacy_mcp_tools").is_none(),
+        "handled once"
     );
 }

@@ -533,7 +533,7 @@ fn sort_by_name(value: &mut Value) {
 
 /// Replaces volatile values (pids, ports, times, paths, keys) so a reply's shape can be pinned.
 fn redacted(value: &Value, home: &TestHome, sshd: &TestSshd) -> Value {
-    const VOLATILE: [&str; 12] = [
+    const VOLATILE: [&str; 14] = [
         "opencode_pid",
         "opencode_port",
         "pid",
@@ -546,6 +546,8 @@ fn redacted(value: &Value, home: &TestHome, sshd: &TestSshd) -> Value {
         "opencode_url",
         "uptime_secs",
         "lines",
+        "mcp_tool_port",
+        "mcp_tool_url",
     ];
     match value {
         Value::Object(map) => Value::Object(
@@ -576,6 +578,7 @@ fn redacted(value: &Value, home: &TestHome, sshd: &TestSshd) -> Value {
             );
             // The public key inside the waiting_for_key message, and ports in git's text.
             let s = regex_lite_replace(&s, "ssh-ed25519 ", ' ', "ssh-ed25519 <KEY>");
+            let s = loopback_ports_redacted(&s);
             Value::String(s)
         }
         other => other.clone(),
@@ -684,4 +687,21 @@ fn a_long_clone_blocks_no_other_tool_and_a_cancelled_start_still_finishes_whole(
         .filter(|e| e.file_name().to_string_lossy().starts_with(".repo-clone-"))
         .count();
     assert_eq!(leftovers, 0);
+}
+
+/// `127.0.0.1:4101` → `127.0.0.1:<PORT>` (ports differ per test home).
+fn loopback_ports_redacted(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("127.0.0.1:") {
+        out.push_str(&rest[..i + 10]);
+        rest = &rest[i + 10..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits > 0 {
+            out.push_str("<PORT>");
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
