@@ -153,17 +153,42 @@ impl Bench {
         self.baseline(&repo, &base)?;
         let [mut managed, mut bare, mut prov, mut diff, mut diff_prov]: [Vec<f64>; 5] =
             Default::default();
+        let (mut ready_seen, mut diff_ready) = (Vec::new(), Vec::new());
+        let env_text = std::fs::read_to_string(home.join("opencode-sandboxes/bench/.env")).map_err(s)?;
+        let pw = env_text
+            .lines()
+            .find_map(|l| l.strip_prefix("OPENCODE_SERVER_PASSWORD="))
+            .ok_or("no password in .env")?
+            .to_owned();
+        let log = home.join("opencode-logs/bench-opencode.log");
         for i in 0..runs {
-            let (mut m, mut b) = (0.0, (0.0, 0.0));
+            let (mut m, mut r, mut b) = (0.0, 0.0, (0.0, 0.0));
             for manager_turn in [i % 2 == 0, i % 2 == 1] {
                 if manager_turn {
-                    let (took, out) = self.cli(&home, &start, secs(120))?;
+                    // Ready as seen from outside, the same way as the baseline: the listening
+                    // line (in the instance's log), then a healthy answer.
+                    let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
+                    let started = Instant::now();
+                    let (cli, home2, start2) = (self.manager.clone(), home.clone(), start.map(String::from));
+                    let opencode = self.opencode.clone();
+                    let runner = std::thread::spawn(move || {
+                        let mut cmd = Command::new(cli);
+                        cmd.args(&start2)
+                            .env("OPENCODE_MANAGER_HOME", &home2)
+                            .env("OPENCODE_BIN", opencode)
+                            .env("OPENCODE_MANAGER_LINGER_SECS", "600")
+                            .env("ENVIRONMENT", "development");
+                        run_timed(&mut cmd, secs(120))
+                    });
+                    let ready = wait_ready_from_log(&log, offset, &pw, started)?;
+                    let (took, out) = runner.join().map_err(|_| "start thread panicked")??;
                     let reply = json(&out)?;
                     if reply["status"] != "success" {
                         return Err(format!("start did not succeed: {reply}"));
                     }
                     self.cli(&home, &["stop", "bench"], secs(60))?;
                     m = ms(took);
+                    r = ms(ready);
                 } else {
                     let (ready, providers) = self.baseline(&repo, &base)?;
                     b = (ms(ready), ms(ready + providers));
@@ -172,6 +197,8 @@ impl Bench {
             let (n, bare_ms) = (i + 1, b.0);
             eprintln!("… run {n}/{runs}: manager {m:.0} ms, bare {bare_ms:.0} ms");
             managed.push(m);
+            ready_seen.push(r);
+            diff_ready.push(r - b.0);
             bare.push(b.0);
             prov.push(b.1);
             diff.push(m - b.0);
@@ -180,11 +207,15 @@ impl Bench {
         let base_median = stats(&bare).1;
         let allowed = (base_median * 0.10).max(150.0);
         let goal = format!("median ≤ max(10 % of baseline, 150 ms) = {allowed:.0} ms");
-        let name = "start → ready: `start --json` (manager)";
+        let name = "start → ready (healthy): `opencode-manager start`";
+        self.timing(name, &ready_seen, "", None);
+        self.timing("start → ready (healthy): bare `opencode serve`", &bare, "", None);
+        let name = "overhead to ready, paired (manager − baseline)";
+        self.timing(name, &diff_ready, &goal, Some(stats(&diff_ready).1 <= allowed));
+        let name = "start → reply: `start --json` returns (after also asking OpenCode for its providers)";
         self.timing(name, &managed, "", None);
-        self.timing("start → ready: bare `opencode serve`", &bare, "", None);
-        let name = "start overhead, paired (manager − baseline)";
-        self.timing(name, &diff, &goal, Some(stats(&diff).1 <= allowed));
+        let name = "reply overhead, paired (manager reply − baseline ready)";
+        self.timing(name, &diff, "", None);
         let ratio = format!("{:.3}", stats(&managed).1 / base_median);
         self.single("ratio manager / baseline (medians)", &ratio, "", None);
         let name = "baseline + its first `GET /config/providers` (the manager makes this call before replying)";
@@ -412,6 +443,38 @@ fn run_timed(cmd: &mut Command, timeout: Duration) -> Res<(Duration, Output)> {
             signal(pid, "KILL");
             Err(format!("{cmd:?} did not finish within {timeout:?}"))
         }
+    }
+}
+
+/// Waits for the listening line to appear in `log` after `offset`, then for a healthy answer
+/// (500 ms per request, every 50 ms, as the baseline polls); returns the time since `started`.
+fn wait_ready_from_log(log: &Path, offset: u64, pw: &str, started: Instant) -> Res<Duration> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let deadline = started + secs(60);
+    let port = loop {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(log) {
+            let _ = file.seek(SeekFrom::Start(offset));
+            let _ = file.read_to_string(&mut text);
+        }
+        if let Some(rest) = text.split("opencode server listening on http://127.0.0.1:").nth(1) {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            break digits.parse::<u16>().map_err(s)?;
+        }
+        if Instant::now() >= deadline {
+            return Err("the managed instance printed no listening line within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    loop {
+        let health = http_get(port, "/global/health", pw, Duration::from_millis(500));
+        if health.is_ok_and(|(status, body)| status == 200 && body.contains("\"healthy\":true")) {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() >= deadline {
+            return Err("the managed instance did not become healthy within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
