@@ -154,7 +154,8 @@ impl Bench {
         let [mut managed, mut bare, mut prov, mut diff, mut diff_prov]: [Vec<f64>; 5] =
             Default::default();
         let (mut ready_seen, mut diff_ready) = (Vec::new(), Vec::new());
-        let env_text = std::fs::read_to_string(home.join("opencode-sandboxes/bench/.env")).map_err(s)?;
+        let env_text =
+            std::fs::read_to_string(home.join("opencode-sandboxes/bench/.env")).map_err(s)?;
         let pw = env_text
             .lines()
             .find_map(|l| l.strip_prefix("OPENCODE_SERVER_PASSWORD="))
@@ -169,7 +170,8 @@ impl Bench {
                     // line (in the instance's log), then a healthy answer.
                     let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
                     let started = Instant::now();
-                    let (cli, home2, start2) = (self.manager.clone(), home.clone(), start.map(String::from));
+                    let (cli, home2, start2) =
+                        (self.manager.clone(), home.clone(), start.map(String::from));
                     let opencode = self.opencode.clone();
                     let runner = std::thread::spawn(move || {
                         let mut cmd = Command::new(cli);
@@ -209,10 +211,21 @@ impl Bench {
         let goal = format!("median ≤ max(10 % of baseline, 150 ms) = {allowed:.0} ms");
         let name = "start → ready (healthy): `opencode-manager start`";
         self.timing(name, &ready_seen, "", None);
-        self.timing("start → ready (healthy): bare `opencode serve`", &bare, "", None);
+        self.timing(
+            "start → ready (healthy): bare `opencode serve`",
+            &bare,
+            "",
+            None,
+        );
         let name = "overhead to ready, paired (manager − baseline)";
-        self.timing(name, &diff_ready, &goal, Some(stats(&diff_ready).1 <= allowed));
-        let name = "start → reply: `start --json` returns (after also asking OpenCode for its providers)";
+        self.timing(
+            name,
+            &diff_ready,
+            &goal,
+            Some(stats(&diff_ready).1 <= allowed),
+        );
+        let name =
+            "start → reply: `start --json` returns (after also asking OpenCode for its providers)";
         self.timing(name, &managed, "", None);
         let name = "reply overhead, paired (manager reply − baseline ready)";
         self.timing(name, &diff, "", None);
@@ -457,7 +470,10 @@ fn wait_ready_from_log(log: &Path, offset: u64, pw: &str, started: Instant) -> R
             let _ = file.seek(SeekFrom::Start(offset));
             let _ = file.read_to_string(&mut text);
         }
-        if let Some(rest) = text.split("opencode server listening on http://127.0.0.1:").nth(1) {
+        if let Some(rest) = text
+            .split("opencode server listening on http://127.0.0.1:")
+            .nth(1)
+        {
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
             break digits.parse::<u16>().map_err(s)?;
         }
