@@ -20,6 +20,7 @@ pub mod deploy_key;
 pub mod git;
 pub mod instance;
 pub mod sandbox;
+pub mod supervisor;
 
 pub mod atomic_file;
 pub mod envfile;
