@@ -61,6 +61,8 @@ enum Command {
         #[arg(long, default_value_t = crate::ops::logs::DEFAULT_LINES)]
         lines: usize,
     },
+    /// Check the machine: OpenCode, git, ssh, npm, the home, and which resource-limit mechanism applies
+    Doctor,
     /// Report the global MCP gateway (port 3005)
     McpStatus,
     /// Restart the global MCP gateway
@@ -152,6 +154,7 @@ pub fn run(cli: Cli) -> ExitCode {
             force,
         },
         Command::List => Request::List,
+        Command::Doctor => Request::Doctor,
         Command::McpStatus => Request::McpStatus,
         Command::McpRestart => Request::McpRestart,
         Command::StopMcpTool => Request::StopMcpTool,

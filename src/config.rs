@@ -144,6 +144,9 @@ struct FileConfig {
     allow_https: Option<bool>,
     allow_file: Option<bool>,
     seed_plugin_stub: Option<bool>,
+    idle_timeout_secs: Option<u64>,
+    supervisor_probe_interval_secs: Option<u64>,
+    supervisor_backoff_base_ms: Option<u64>,
     #[serde(default)]
     instance_env: BTreeMap<String, String>,
 }
@@ -163,6 +166,8 @@ pub struct Config {
     pub url_policy: UrlPolicy,
     /// Seed each Instance's config dir so OpenCode skips its background npm install (testing-recipes §3.3).
     pub seed_plugin_stub: bool,
+    /// The supervisor's policy (restart backoff, probes, idle parking).
+    pub supervision: crate::supervisor::policy::Policy,
     /// Extra, non-secret variables for every Instance (for example `OPENCODE_DISABLE_MODELS_FETCH`).
     pub instance_env: BTreeMap<String, String>,
 }
@@ -221,6 +226,24 @@ impl Config {
                 allow_file: file.allow_file.unwrap_or(false),
             },
             seed_plugin_stub: file.seed_plugin_stub.unwrap_or(true),
+            supervision: {
+                let defaults = crate::supervisor::policy::Policy::default();
+                crate::supervisor::policy::Policy {
+                    // 0 turns idle parking off.
+                    idle_timeout: match file.idle_timeout_secs {
+                        Some(0) => None,
+                        Some(secs) => Some(Duration::from_secs(secs)),
+                        None => defaults.idle_timeout,
+                    },
+                    probe_interval: file
+                        .supervisor_probe_interval_secs
+                        .map_or(defaults.probe_interval, Duration::from_secs),
+                    backoff_base: file
+                        .supervisor_backoff_base_ms
+                        .map_or(defaults.backoff_base, Duration::from_millis),
+                    ..defaults
+                }
+            },
             instance_env: file.instance_env,
             paths,
         })

@@ -56,6 +56,8 @@ pub struct ProjectEnv {
     pub bearer_token: Secret,
     pub opencode_port: Option<u16>,
     pub opencode_bin: Option<PathBuf>,
+    /// `IDLE_TIMEOUT` (seconds, or with s/m/h; 0 = never): overrides the daemon-wide idle timeout.
+    pub idle_timeout: Option<Option<std::time::Duration>>,
     instance_vars: Vec<(String, Secret)>,
 }
 
@@ -181,6 +183,13 @@ pub fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
                 }
             })?),
         };
+    let idle_timeout = match file.get("IDLE_TIMEOUT").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(raw) => Some(parse_duration(raw).ok_or_else(|| EnvError {
+            message: format!("IDLE_TIMEOUT in {shown} is not a duration"),
+            hint: "use seconds, or a number with s, m or h (for example 30m); 0 never parks the project".into(),
+        })?),
+    };
     let get = |k: &str| file.get(k).unwrap_or_default().to_owned();
     let ssh_key_path = expand_tilde(&get("SSH_KEY_PATH"));
     let instance_vars = file
@@ -194,12 +203,30 @@ pub fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
         password: Secret::new(get("OPENCODE_SERVER_PASSWORD")),
         bearer_token: Secret::new(get("MCP_TOOL_BEARER_TOKEN")),
         opencode_port,
+        idle_timeout,
         opencode_bin: file
             .get("OPENCODE_BIN")
             .filter(|v| !v.is_empty())
             .map(expand_tilde),
         instance_vars,
     })
+}
+
+/// `90`, `90s`, `30m`, `2h`; `0` means never (`Some(None)` for the caller).
+fn parse_duration(raw: &str) -> Option<Option<std::time::Duration>> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => raw.split_at(i),
+        None => (raw, "s"),
+    };
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some((secs > 0).then(|| std::time::Duration::from_secs(secs)))
 }
 
 fn expand_tilde(raw: &str) -> PathBuf {

@@ -40,6 +40,13 @@ pub fn random_hex(n_bytes: usize) -> Secret {
     Secret(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A random number, for jitter.
+pub fn random_u16() -> u16 {
+    let mut bytes = [0u8; 2];
+    getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+    u16::from_le_bytes(bytes)
+}
+
 /// A short random identifier (not secret), for launch ids and temporary names.
 pub fn random_id() -> String {
     random_hex(6).0

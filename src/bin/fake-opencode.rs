@@ -7,8 +7,10 @@
 //! Environment:
 //! - `OPENCODE_SERVER_PASSWORD`: Basic auth for user `opencode` (empty or unset: no auth).
 //! - `FAKE_OPENCODE_MODE`: `ok` (default), `crash`, `port-conflict`, `slow`, `hang`,
-//!   `exit-after-ready`, `child`.
-//! - `FAKE_OPENCODE_DELAY_MS`: delay for `slow` (default 3000) and `exit-after-ready` (default 500).
+//!   `exit-after-ready`, `wedge` (answers, then after the delay stops answering while staying
+//!   alive), `child`.
+//! - `FAKE_OPENCODE_DELAY_MS`: delay for `slow` (default 3000), `exit-after-ready` and `wedge`
+//!   (default 500).
 //! - `FAKE_OPENCODE_NO_PROVIDERS=1`: `GET /config/providers` lists no provider.
 //! - `FAKE_OPENCODE_CHILD_PID_FILE`: where the `child` mode's detached child writes its pid.
 
@@ -65,7 +67,7 @@ fn main() -> ExitCode {
         Duration::from_millis(ms.unwrap_or(default))
     };
     match mode.as_str() {
-        "ok" | "hang" | "exit-after-ready" | "child" => {}
+        "ok" | "hang" | "exit-after-ready" | "wedge" | "child" => {}
         "crash" => return fail("fake-opencode: crashing on purpose", 3),
         "port-conflict" => return fail(SERVE_ERROR, 1),
         "slow" => thread::sleep(delay(3000)),
@@ -120,9 +122,10 @@ fn main() -> ExitCode {
             std::process::exit(7);
         });
     }
+    let wedged_at = std::time::Instant::now() + delay(500);
     let mut held = Vec::new();
     for stream in listener.incoming().flatten() {
-        if mode == "hang" {
+        if mode == "hang" || (mode == "wedge" && std::time::Instant::now() >= wedged_at) {
             held.push(stream); // never answered, never closed
             continue;
         }

@@ -72,6 +72,11 @@ pub async fn run(
     ops::reconcile::on_daemon_start(&manager).await;
     ops::reconcile::stop_legacy_mcp_tools(&manager).await;
     crate::gateway::servers_file::update(&manager);
+    let supervisor_stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::supervisor::run(
+        manager.clone(),
+        supervisor_stop.clone(),
+    ));
 
     let socket = paths.socket();
     let _ = std::fs::remove_file(&socket);
@@ -119,6 +124,7 @@ pub async fn run(
             () = &mut shutdown => break Exit::Shutdown,
         }
     };
+    supervisor_stop.cancel();
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(paths.gateway_pid_file());
     tracing::info!(?exit, "daemon exiting; running instances keep running");
@@ -188,6 +194,7 @@ async fn dispatch(manager: Manager, envelope: Envelope, progress: Progress) -> F
             force,
         } => ops::destroy::destroy(manager, &project_name, force).await,
         Request::List => ops::list::list(manager),
+        Request::Doctor => ops::doctor::doctor(manager).await,
         Request::McpStatus => ops::mcp_status::mcp_status(manager),
         Request::McpRestart => ops::mcp_restart::mcp_restart(manager),
         Request::StopMcpTool => ops::stop_mcp_tool::stop_mcp_tool(manager),

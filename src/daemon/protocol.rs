@@ -37,6 +37,7 @@ pub enum Request {
         #[serde(default)]
         lines: Option<usize>,
     },
+    Doctor,
     McpStatus,
     McpRestart,
     StopMcpTool,

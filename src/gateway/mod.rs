@@ -102,7 +102,9 @@ impl Gateway {
     pub fn sync(&self, manager: &Manager, trigger: Trigger) -> Result<(), String> {
         // A restart in progress counts as running, so restarting the only Project never closes
         // the gateway (which would end 2025-era clients' sessions).
-        let wanted = manager.running_projects() > 0 || manager.restarts_in_flight() > 0;
+        let wanted = manager.running_projects() > 0
+            || manager.parked_projects() > 0
+            || manager.restarts_in_flight() > 0;
         let mut listener = self.lock();
         match (&*listener, wanted) {
             (Listener::Running { .. }, true) => Ok(()),

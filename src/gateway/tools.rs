@@ -296,7 +296,7 @@ impl GatewayServer {
         let Some(id) = checked_id(&p.session_id) else {
             return fail(TOOL, "sessionId must look like ses_…");
         };
-        let (project, api) = match self.target(p.server, &ctx) {
+        let (project, api) = match self.target(p.server, &ctx).await {
             Ok(target) => target,
             Err(message) => return fail(TOOL, &message),
         };
@@ -401,7 +401,7 @@ impl GatewayServer {
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
         const TOOL: &str = "opencode-session-status";
-        let (project, api) = match self.target(p.server, &ctx) {
+        let (project, api) = match self.target(p.server, &ctx).await {
             Ok(target) => target,
             Err(message) => return fail(TOOL, &message),
         };
@@ -465,7 +465,7 @@ impl GatewayServer {
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
         const TOOL: &str = "opencode-permission-list";
-        let (project, api) = match self.target(p.server, &ctx) {
+        let (project, api) = match self.target(p.server, &ctx).await {
             Ok(target) => target,
             Err(message) => return fail(TOOL, &message),
         };
@@ -539,7 +539,7 @@ impl GatewayServer {
         body: Option<Value>,
         timeout: Duration,
     ) -> CallToolResult {
-        let (project, api) = match self.target(server, ctx) {
+        let (project, api) = match self.target(server, ctx).await {
             Ok(target) => target,
             Err(message) => return fail(tool, &message),
         };
@@ -550,7 +550,7 @@ impl GatewayServer {
     }
 
     /// The Project a call is for, and a client for its Instance.
-    fn target(
+    async fn target(
         &self,
         server: Option<String>,
         ctx: &RequestContext<RoleServer>,
@@ -565,11 +565,13 @@ impl GatewayServer {
         let running: Vec<String> = state
             .projects
             .iter()
-            .filter(|(_, r)| matches!(r.instance, InstanceRecord::Running { .. }))
             .filter(|(_, r)| {
-                r.instance
-                    .proc()
-                    .is_some_and(|(p, _)| crate::instance::process::is_alive(p))
+                let alive = matches!(r.instance, InstanceRecord::Running { .. })
+                    && r.instance
+                        .proc()
+                        .is_some_and(|(p, _)| crate::instance::process::is_alive(p));
+                // A parked Project counts: it is started on demand.
+                alive || matches!(r.instance, InstanceRecord::Idle { .. })
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -607,12 +609,22 @@ impl GatewayServer {
                 list(state.projects.keys())
             ));
         };
-        let (Some(port), true) = (record.port, running.contains(&name)) else {
-            return Err(format!(
-                "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
-            ));
-        };
         let project = ProjectName::parse(&name).map_err(|err| err.message)?;
+        let parked = matches!(record.instance, InstanceRecord::Idle { .. });
+        let port = if parked {
+            // Parked for lack of activity: start it on demand, then serve the call.
+            crate::ops::start::resume(&self.manager, &project).await?
+        } else {
+            match (record.port, running.contains(&name)) {
+                (Some(port), true) => port,
+                _ => {
+                    return Err(format!(
+                        "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
+                    ));
+                }
+            }
+        };
+        self.manager.supervision().touch(&name);
         let env = crate::project_env::load(&self.manager.config().paths.env_file(&project))
             .map_err(|err| err.message)?;
         Ok((name, InstanceApi::new(port, env.password)))

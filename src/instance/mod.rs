@@ -5,5 +5,6 @@
 
 pub mod api;
 pub mod binary;
+pub mod limits;
 pub mod ports;
 pub mod process;

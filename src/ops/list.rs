@@ -22,6 +22,10 @@ pub fn list(manager: &Manager) -> Reply {
                 }
                 (instance, _) => instance.status_word(),
             };
+            let status = match manager.supervision().view(name) {
+                Some(view) if record.desired == crate::state::Desired::Running => view.state,
+                _ => status,
+            };
             ProjectSummary {
                 name: name.clone(),
                 status: status.to_owned(),

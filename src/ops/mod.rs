@@ -6,6 +6,7 @@
 //! return a [`reply::Reply`]; they never print.
 
 pub mod destroy;
+pub mod doctor;
 pub mod launch;
 pub mod list;
 pub mod logs;
@@ -118,6 +119,7 @@ struct Inner {
     port_lock: tokio::sync::Mutex<()>,
     gateway: crate::gateway::Gateway,
     restarts_in_flight: std::sync::atomic::AtomicUsize,
+    supervision: crate::supervisor::Shared,
 }
 
 impl Manager {
@@ -138,6 +140,7 @@ impl Manager {
                 port_lock: tokio::sync::Mutex::new(()),
                 gateway: crate::gateway::Gateway::default(),
                 restarts_in_flight: std::sync::atomic::AtomicUsize::new(0),
+                supervision: crate::supervisor::Shared::default(),
             }),
         })
     }
@@ -194,6 +197,28 @@ impl Manager {
         RestartGuard(self.clone())
     }
 
+    pub fn supervision(&self) -> &crate::supervisor::Shared {
+        &self.inner.supervision
+    }
+
+    /// Projects the user wants running that are parked or between a crash and their restart;
+    /// like running ones, they keep the daemon and the gateway open.
+    pub fn parked_projects(&self) -> usize {
+        self.store()
+            .snapshot()
+            .projects
+            .values()
+            .filter(|r| r.desired == crate::state::Desired::Running)
+            .filter(|r| {
+                matches!(
+                    r.instance,
+                    crate::state::InstanceRecord::Idle { .. }
+                        | crate::state::InstanceRecord::Stopped { .. }
+                )
+            })
+            .count()
+    }
+
     pub fn gateway(&self) -> &crate::gateway::Gateway {
         &self.inner.gateway
     }
@@ -214,7 +239,7 @@ impl Manager {
 
     /// Whether any Instance is running or starting (the daemon lingers while none is).
     pub fn any_instance_alive(&self) -> bool {
-        self.running_projects() > 0
+        self.running_projects() > 0 || self.parked_projects() > 0
     }
 
     /// How many Projects have a living Instance, counted from the processes themselves.

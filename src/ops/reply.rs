@@ -163,6 +163,12 @@ pub struct Reply {
     pub active_projects: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
+    /// `status`: how many times the supervisor restarted the Instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+    /// `status`: resident memory of the Instance's main process, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
 }

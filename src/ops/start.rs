@@ -358,3 +358,44 @@ fn git_failure(err: GitError, key: &DeployKey, code: ErrorCode) -> Reply {
         GitError::Failed { .. } => Reply::error(code, err.to_string(), "see the git message above"),
     }
 }
+
+/// Starts a parked Project on demand (a gateway call for it) and returns its port. Joins a start
+/// already under way; a Project that is no longer parked is left as it is.
+pub(crate) async fn resume(manager: &Manager, project: &ProjectName) -> Result<u16, String> {
+    let _guard = manager.lock_project(project).await;
+    let record = manager
+        .store()
+        .snapshot()
+        .projects
+        .get(project.as_str())
+        .cloned();
+    match record {
+        Some(r) if matches!(r.instance, InstanceRecord::Idle { .. }) => {}
+        Some(r)
+            if r.instance
+                .proc()
+                .is_some_and(|(p, _)| crate::instance::process::is_alive(p)) =>
+        {
+            return r
+                .port
+                .ok_or_else(|| format!("project {project} has no port"));
+        }
+        _ => {
+            return Err(format!(
+                "project {project} is not parked any more; check opencode_status"
+            ));
+        }
+    }
+    tracing::info!(project = %project, "starting parked opencode on demand");
+    let env =
+        project_env::load(&manager.config().paths.env_file(project)).map_err(|err| err.message)?;
+    let launched = launch::launch(manager, project, &env, &Progress::default())
+        .await
+        .map_err(|reply| {
+            format!(
+                "starting the parked project failed: {}",
+                reply.message.unwrap_or_default()
+            )
+        })?;
+    Ok(launched.port)
+}

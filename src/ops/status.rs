@@ -36,6 +36,15 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
         }
         (instance, _) => (alive.map(|(p, _)| p.pid), instance.status_word()),
     };
+    // The supervisor's view (backoff, unhealthy, idle, …) for Projects the user wants running.
+    let view = (record.desired == crate::state::Desired::Running)
+        .then(|| manager.supervision().view(project.as_str()))
+        .flatten();
+    // A start on demand may have just revived a parked Project: the living process wins.
+    let status_word = match &view {
+        Some(v) if !(v.state == "idle" && alive.is_some()) => v.state,
+        _ => status_word,
+    };
     let mut reply = Reply::new(Status::Ok, format!("Project {project} is {status_word}"))
         .with_project(project.as_str());
     reply.opencode = Some(OpencodeInfo {
@@ -45,6 +54,13 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
         running: alive.is_some(),
     });
     reply.opencode_pid = pid;
+    reply.restarts = view.map(|v| v.restarts);
+    reply.memory_bytes = pid.and_then(crate::instance::process::rss_bytes);
+    if let (InstanceRecord::Running { started_at, .. }, Some(_)) = (&record.instance, pid) {
+        reply.uptime_secs = crate::timestamp::parse(started_at)
+            .and_then(|t| t.elapsed().ok())
+            .map(|d| d.as_secs());
+    }
     reply.opencode_port = record.port;
     reply.sandbox_dir = Some(manager.sandbox_display(&project));
     reply.git_url = Some(record.git_url.clone());
@@ -54,7 +70,7 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
         InstanceRecord::Running { started_at, .. } => reply.started_at = Some(started_at.clone()),
         InstanceRecord::Stopped { last_exit } => reply.last_exit = last_exit.clone(),
         InstanceRecord::Failed { error, .. } => reply.last_error = Some(error.clone()),
-        InstanceRecord::Starting { .. } => {}
+        InstanceRecord::Starting { .. } | InstanceRecord::Idle { .. } => {}
     }
     let (mcp_tool_url, mcp_tool_port) = manager.gateway_url();
     reply.mcp_tool_url = Some(mcp_tool_url);

@@ -77,11 +77,50 @@ pub async fn stop_all(manager: &Manager) -> Reply {
     manager.sync_gateway(reply, crate::gateway::Trigger::Follow)
 }
 
-/// Stops the Instance of a Project whose lock the caller holds. Returns whether one was running.
+/// Stops the Instance of a Project whose lock the caller holds, and records that the user wants
+/// it stopped. Returns whether one was running.
 pub(crate) async fn stop_locked(
     manager: &Manager,
     project: &ProjectName,
     reason: &str,
+) -> Result<bool, Reply> {
+    let Some(record) = manager
+        .store()
+        .snapshot()
+        .projects
+        .get(project.as_str())
+        .cloned()
+    else {
+        return Ok(false);
+    };
+    if record.desired != Desired::Stopped {
+        // Recorded first, so the exit watcher and the supervisor see a wanted stop, not a crash.
+        manager
+            .store()
+            .update(|s| {
+                if let Some(r) = s.projects.get_mut(project.as_str()) {
+                    r.desired = Desired::Stopped;
+                }
+            })
+            .map_err(Manager::store_failure)?;
+    }
+    let settled = matches!(
+        record.instance,
+        InstanceRecord::Stopped { .. } | InstanceRecord::Failed { .. }
+    );
+    let outcome = InstanceRecord::Stopped {
+        last_exit: Some(format!("{reason} at {}", crate::timestamp::now())),
+    };
+    end_instance(manager, project, (!settled).then_some(outcome)).await
+}
+
+/// Ends a Project's Instance and everything it started (the lock is the caller's), then records
+/// `outcome` as its state (when given). The user's wish (`desired`) is left as it is, so the
+/// supervisor can use this to recycle or park. Returns whether an Instance was running.
+pub(crate) async fn end_instance(
+    manager: &Manager,
+    project: &ProjectName,
+    outcome: Option<InstanceRecord>,
 ) -> Result<bool, Reply> {
     let paths = &manager.config().paths;
     let Some(record) = manager
@@ -93,21 +132,26 @@ pub(crate) async fn stop_locked(
     else {
         return Ok(false);
     };
-    if record.desired != Desired::Stopped {
-        manager
-            .store()
-            .update(|s| {
-                if let Some(r) = s.projects.get_mut(project.as_str()) {
-                    r.desired = Desired::Stopped;
-                }
-            })
-            .map_err(Manager::store_failure)?;
-    }
+    let record_outcome = |outcome: &Option<InstanceRecord>| -> Result<(), Reply> {
+        if let Some(outcome) = outcome {
+            manager
+                .store()
+                .update(|s| {
+                    if let Some(r) = s.projects.get_mut(project.as_str()) {
+                        r.instance = outcome.clone();
+                    }
+                })
+                .map_err(Manager::store_failure)?;
+        }
+        Ok(())
+    };
     let mut was_running = false;
     if let Some((proc, launch_id)) = record.instance.proc()
         && process::is_alive(proc)
     {
         was_running = true;
+        // Recorded before the signal: the exit watcher then sees another launch and stays quiet.
+        record_outcome(&outcome)?;
         if let (Some(port), Ok(env)) = (
             record.port,
             crate::project_env::load(&paths.env_file(project)),
@@ -118,7 +162,7 @@ pub(crate) async fn stop_locked(
         }
         let marker = crate::sandbox::marker(paths, project, launch_id);
         let report = process::terminate(proc, &marker, GRACE).await;
-        tracing::info!(project = %project, killed = report.killed, swept = report.swept, "stopped opencode ({reason})");
+        tracing::info!(project = %project, killed = report.killed, swept = report.swept, "stopped opencode");
         // The kernel releases the listening socket a moment after the process is gone; a stop
         // returns only once the port is free again, so it can be reused at once.
         if let Some(port) = record.port {
@@ -136,25 +180,8 @@ pub(crate) async fn stop_locked(
     if swept > 0 {
         tracing::warn!(project = %project, swept, "killed leftover processes of earlier launches");
     }
-    let changed = record.desired != Desired::Stopped
-        || !matches!(
-            record.instance,
-            InstanceRecord::Stopped { .. } | InstanceRecord::Failed { .. }
-        );
-    if changed {
-        manager
-            .store()
-            .update(|s| {
-                if let Some(r) = s.projects.get_mut(project.as_str()) {
-                    r.desired = Desired::Stopped;
-                    if was_running || r.instance.proc().is_some() {
-                        r.instance = InstanceRecord::Stopped {
-                            last_exit: Some(format!("{reason} at {}", crate::timestamp::now())),
-                        };
-                    }
-                }
-            })
-            .map_err(Manager::store_failure)?;
+    if !was_running {
+        record_outcome(&outcome)?;
     }
     let _ = crate::atomic_file::remove_if_present(&paths.pid_file(project));
     Ok(was_running)

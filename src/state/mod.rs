@@ -100,8 +100,10 @@ pub enum InstanceRecord {
         launch_id: String,
         started_at: String,
     },
-    /// The last start failed; the reason is kept for `status`.
+    /// The last start failed, or the supervisor gave up; the reason is kept for `status`.
     Failed { error: String, at: String },
+    /// Parked by the supervisor for lack of activity; the gateway starts it again on demand.
+    Idle { since: String },
 }
 
 impl InstanceRecord {
@@ -114,7 +116,9 @@ impl InstanceRecord {
             | InstanceRecord::Running {
                 proc, launch_id, ..
             } => Some((*proc, launch_id)),
-            InstanceRecord::Stopped { .. } | InstanceRecord::Failed { .. } => None,
+            InstanceRecord::Stopped { .. }
+            | InstanceRecord::Failed { .. }
+            | InstanceRecord::Idle { .. } => None,
         }
     }
 
@@ -125,6 +129,7 @@ impl InstanceRecord {
             InstanceRecord::Starting { .. } => "starting",
             InstanceRecord::Running { .. } => "running",
             InstanceRecord::Failed { .. } => "failed",
+            InstanceRecord::Idle { .. } => "idle",
         }
     }
 }

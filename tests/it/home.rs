@@ -64,14 +64,17 @@ impl TestHome {
         let mut toml = format!(
             "port_min = {port_min}\nport_max = {port_max}\ngateway_port = {gateway_port}\nlinger_secs = 600\n"
         );
-        if !extra_toml.contains("[instance_env]") {
-            toml.push_str("\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n");
-            toml.push_str(extra_toml);
-        } else {
-            toml.push_str(&extra_toml.replace(
-                "[instance_env]",
-                "[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"",
-            ));
+        // Top-level keys first: everything after a `[table]` header belongs to that table.
+        match extra_toml.split_once("[instance_env]") {
+            None => {
+                toml.push_str(extra_toml);
+                toml.push_str("\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n");
+            }
+            Some((top, instance_env)) => {
+                toml.push_str(top);
+                toml.push_str("\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n");
+                toml.push_str(instance_env);
+            }
         }
         std::fs::write(dir.path().join("opencode-manager.toml"), toml).expect("config");
         TestHome {

@@ -328,3 +328,36 @@ fn the_originals_per_project_tools_are_stopped_only_when_provably_theirs() {
         "handled once"
     );
 }
+
+#[test]
+fn doctor_names_the_limit_mechanism_on_a_line_scripts_can_read() {
+    let home = TestHome::real();
+    let answer = home.run(&["doctor"]);
+    assert_eq!(answer.status(), "success", "{answer:?}");
+    let items: Vec<&str> = answer.json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i.as_str())
+        .collect();
+    let limits = items
+        .iter()
+        .find(|l| l.starts_with("limits: "))
+        .expect("a limits line");
+    assert!(
+        ["limits: systemd (", "limits: cgroup (", "limits: rlimit ("]
+            .iter()
+            .any(|p| limits.starts_with(p)),
+        "{limits}"
+    );
+    assert!(
+        items
+            .iter()
+            .any(|l| l.starts_with("opencode: ") && l.contains("1.18.33")),
+        "{items:?}"
+    );
+    assert!(
+        items.iter().any(|l| l.starts_with("git: git version")),
+        "{items:?}"
+    );
+}

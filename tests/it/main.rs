@@ -12,4 +12,5 @@ mod inputs;
 mod lifecycle;
 mod mcp;
 mod readme;
+mod supervisor;
 mod support;

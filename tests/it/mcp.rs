@@ -533,7 +533,7 @@ fn sort_by_name(value: &mut Value) {
 
 /// Replaces volatile values (pids, ports, times, paths, keys) so a reply's shape can be pinned.
 fn redacted(value: &Value, home: &TestHome, sshd: &TestSshd) -> Value {
-    const VOLATILE: [&str; 14] = [
+    const VOLATILE: [&str; 15] = [
         "opencode_pid",
         "opencode_port",
         "pid",
@@ -548,6 +548,7 @@ fn redacted(value: &Value, home: &TestHome, sshd: &TestSshd) -> Value {
         "lines",
         "mcp_tool_port",
         "mcp_tool_url",
+        "memory_bytes",
     ];
     match value {
         Value::Object(map) => Value::Object(

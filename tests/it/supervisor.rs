@@ -1,0 +1,240 @@
+//! The supervisor against real processes: crash loops end in a visible `failed` state, a killed
+//! OpenCode comes back with its sessions, a wedged server is recycled, and an idle project is
+//! parked and started again on demand by a gateway call.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::faults::file_repo;
+use crate::home::TestHome;
+use crate::support::{http, opencode_bin, pid_alive, wait_until};
+
+const FAST: &str =
+    "allow_file = true\nsupervisor_backoff_base_ms = 100\nsupervisor_probe_interval_secs = 1\n";
+
+fn state(home: &TestHome) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(home.path().join("opencode-state.json")).unwrap_or_default(),
+    )
+    .unwrap_or(Value::Null)
+}
+
+fn password(home: &TestHome, project: &str) -> String {
+    let text = std::fs::read_to_string(home.env_file(project)).expect("read .env");
+    text.lines()
+        .find_map(|l| l.strip_prefix("OPENCODE_SERVER_PASSWORD="))
+        .expect("password")
+        .to_owned()
+}
+
+#[test]
+fn a_crash_loop_ends_in_a_visible_failed_state_with_the_reason_and_log_tail() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let home = TestHome::fake("exit-after-ready", FAST);
+    let toml = home.path().join("opencode-manager.toml");
+    let text = std::fs::read_to_string(&toml).expect("toml");
+    std::fs::write(&toml, text + "FAKE_OPENCODE_DELAY_MS = \"300\"\n").expect("toml");
+    let started = home.run_dev(&["start", "p", "--git-url", &url]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    wait_until("the supervisor to give up", Duration::from_secs(60), || {
+        home.run(&["status", "p"]).json["opencode"]["status"] == "failed"
+    });
+    let status = home.run(&["status", "p"]);
+    let error = status.json["last_error"].as_str().expect("last_error");
+    assert!(
+        error.contains("5 failures within 10 minutes") && error.contains("exit code 7"),
+        "{error}"
+    );
+    assert!(
+        error.contains("log tail: ") && error.contains("opencode server listening on"),
+        "{error}"
+    );
+    assert_eq!(status.json["restarts"], 4, "{status:?}");
+    assert!(home.marked_processes().is_empty(), "nothing left running");
+}
+
+#[test]
+fn a_killed_opencode_is_restarted_with_its_sessions_and_a_users_stop_is_final() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let home = TestHome::with_opencode(opencode_bin(), FAST);
+    let started = home.run_dev(&["start", "p", "--git-url", &url]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    let pid = started.json["opencode_pid"].as_i64().expect("pid") as i32;
+    let port = started.json["opencode_port"].as_u64().expect("port") as u16;
+    let pw = password(&home, "p");
+    let timeout = Duration::from_secs(10);
+    let session = http("POST", port, "/session", Some(&pw), Some("{}"), timeout)
+        .expect("create")
+        .json();
+    let id = session["id"].as_str().expect("id").to_owned();
+
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    wait_until(
+        "the instance to be restarted",
+        Duration::from_secs(60),
+        || {
+            let status = home.run(&["status", "p"]);
+            status.json["opencode"]["status"] == "running"
+                && status.json["opencode_pid"].as_i64() != Some(i64::from(pid))
+        },
+    );
+    let status = home.run(&["status", "p"]);
+    assert_eq!(status.json["restarts"], 1, "{status:?}");
+    assert!(!pid_alive(pid));
+    let port = status.json["opencode_port"].as_u64().expect("port") as u16;
+    let sessions = http("GET", port, "/session", Some(&pw), None, timeout)
+        .expect("list")
+        .json();
+    assert!(
+        sessions
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .any(|s| s["id"] == id.as_str()),
+        "the session lives in the instance's database"
+    );
+    assert!(
+        home.manager_log()
+            .contains("exited unexpectedly (killed by signal 9)")
+    );
+
+    // A user's stop is final: the supervisor does not start it again.
+    assert_eq!(home.run(&["stop", "p"]).status(), "success");
+    let log_before = home
+        .manager_log()
+        .matches("supervisor starting opencode")
+        .count();
+    let second = home.run_dev(&["start", "q", "--git-url", &url]);
+    assert_eq!(
+        second.status(),
+        "success",
+        "a later start proves time has passed: {second:?}"
+    );
+    assert_eq!(
+        home.run(&["status", "p"]).json["opencode"]["status"],
+        "stopped"
+    );
+    assert_eq!(
+        home.manager_log()
+            .matches("supervisor starting opencode")
+            .count(),
+        log_before
+    );
+}
+
+#[test]
+fn a_server_that_stops_answering_is_recycled() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let home = TestHome::fake("wedge", FAST);
+    let toml = home.path().join("opencode-manager.toml");
+    let text = std::fs::read_to_string(&toml).expect("toml");
+    std::fs::write(&toml, text + "FAKE_OPENCODE_DELAY_MS = \"1500\"\n").expect("toml");
+    let started = home.run_dev(&["start", "p", "--git-url", &url]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    let pid = started.json["opencode_pid"].as_i64().expect("pid") as i32;
+    wait_until(
+        "the wedged server to be recycled",
+        Duration::from_secs(60),
+        || {
+            home.manager_log().contains("recycled by the supervisor")
+                || state(&home)
+                    .to_string()
+                    .contains("recycled by the supervisor")
+        },
+    );
+    wait_until(
+        "the old process to be gone",
+        Duration::from_secs(10),
+        || !pid_alive(pid),
+    );
+    let status = home.run(&["status", "p"]);
+    assert!(
+        status.json["restarts"].as_u64().is_some_and(|n| n >= 1),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn an_idle_project_is_parked_and_a_gateway_call_starts_it_again() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let home = TestHome::with_opencode(opencode_bin(), &format!("{FAST}idle_timeout_secs = 3\n"));
+    let started = home.run_dev(&["start", "p", "--git-url", &url]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    let pid = started.json["opencode_pid"].as_i64().expect("pid") as i32;
+    // Watch the state file, not `status`: a status call talks to the instance, which is activity.
+    wait_until("the project to be parked", Duration::from_secs(60), || {
+        state(&home)["projects"]["p"]["instance"]["status"] == "idle"
+    });
+    wait_until(
+        "the parked instance to be gone",
+        Duration::from_secs(10),
+        || !pid_alive(pid),
+    );
+    assert!(home.marked_processes().is_empty());
+    let list = home.run(&["list"]);
+    assert_eq!(list.json["projects"][0]["status"], "idle", "{list:?}");
+    let health = http(
+        "GET",
+        home.gateway_port,
+        "/health",
+        None,
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("gateway health");
+    assert_eq!(
+        health.status, 200,
+        "a parked project keeps the gateway open"
+    );
+
+    let token = std::fs::read_to_string(home.path().join("global-mcp-token"))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "opencode-session-list", "arguments": {"server": "p"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let reply = raw_mcp_call(home.gateway_port, &token, &body.to_string());
+    assert!(
+        reply.contains("\"isError\":false") || !reply.contains("\"isError\":true"),
+        "{reply}"
+    );
+    let status = home.run(&["status", "p"]);
+    assert_eq!(
+        (
+            status.json["opencode"]["status"].as_str(),
+            status.json["opencode"]["running"].as_bool()
+        ),
+        (Some("running"), Some(true)),
+        "{status:?}"
+    );
+}
+
+/// One stateless (2026-07-28) MCP call over raw HTTP; returns the response body.
+fn raw_mcp_call(port: u16, token: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(90)))
+        .expect("timeout");
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\n\
+         Mcp-Name: opencode-session-list\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
