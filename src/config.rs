@@ -145,6 +145,10 @@ struct FileConfig {
     allow_file: Option<bool>,
     seed_plugin_stub: Option<bool>,
     idle_timeout_secs: Option<u64>,
+    memory_max: Option<String>,
+    cpu_max: Option<String>,
+    tasks_max: Option<String>,
+    memory_budget: Option<String>,
     supervisor_probe_interval_secs: Option<u64>,
     supervisor_backoff_base_ms: Option<u64>,
     #[serde(default)]
@@ -166,6 +170,10 @@ pub struct Config {
     pub url_policy: UrlPolicy,
     /// Seed each Instance's config dir so OpenCode skips its background npm install (testing-recipes §3.3).
     pub seed_plugin_stub: bool,
+    /// Default per-Instance limits (a Project's `.env` may set its own).
+    pub limits: crate::instance::limits::Limits,
+    /// Aggregate memory for all Instances; a start that would exceed it is refused.
+    pub memory_budget: Option<u64>,
     /// The supervisor's policy (restart backoff, probes, idle parking).
     pub supervision: crate::supervisor::policy::Policy,
     /// Extra, non-secret variables for every Instance (for example `OPENCODE_DISABLE_MODELS_FETCH`).
@@ -211,7 +219,21 @@ impl Config {
                 );
             }
         }
+        let limits = crate::instance::limits::Limits::parse(
+            file.memory_max.as_deref(),
+            file.cpu_max.as_deref(),
+            file.tasks_max.as_deref(),
+        )
+        .map_err(|err| anyhow::anyhow!("{err} in {}", path.display()))?;
+        let memory_budget = file
+            .memory_budget
+            .as_deref()
+            .map(crate::instance::limits::parse_bytes)
+            .transpose()
+            .map_err(|err| anyhow::anyhow!("memory_budget in {}: {err}", path.display()))?;
         Ok(Config {
+            limits,
+            memory_budget,
             opencode_bin: env("OPENCODE_BIN").map(PathBuf::from).or(file.opencode_bin),
             port_range: port_min..=port_max,
             gateway_port,

@@ -58,6 +58,10 @@ pub struct ProjectEnv {
     pub opencode_bin: Option<PathBuf>,
     /// `IDLE_TIMEOUT` (seconds, or with s/m/h; 0 = never): overrides the daemon-wide idle timeout.
     pub idle_timeout: Option<Option<std::time::Duration>>,
+    /// `MEMORY_MAX`, `CPU_MAX`, `TASKS_MAX`: this Project's limits, each overriding the default.
+    pub memory_max: Option<String>,
+    pub cpu_max: Option<String>,
+    pub tasks_max: Option<String>,
     instance_vars: Vec<(String, Secret)>,
 }
 
@@ -204,6 +208,18 @@ pub fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
         bearer_token: Secret::new(get("MCP_TOOL_BEARER_TOKEN")),
         opencode_port,
         idle_timeout,
+        memory_max: file
+            .get("MEMORY_MAX")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
+        cpu_max: file
+            .get("CPU_MAX")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
+        tasks_max: file
+            .get("TASKS_MAX")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
         opencode_bin: file
             .get("OPENCODE_BIN")
             .filter(|v| !v.is_empty())

@@ -8,7 +8,7 @@
 //! - `OPENCODE_SERVER_PASSWORD`: Basic auth for user `opencode` (empty or unset: no auth).
 //! - `FAKE_OPENCODE_MODE`: `ok` (default), `crash`, `port-conflict`, `slow`, `hang`,
 //!   `exit-after-ready`, `wedge` (answers, then after the delay stops answering while staying
-//!   alive), `child`.
+//!   alive), `child`, `memory-growth` (serves, and takes 16 MiB more every 100 ms).
 //! - `FAKE_OPENCODE_DELAY_MS`: delay for `slow` (default 3000), `exit-after-ready` and `wedge`
 //!   (default 500).
 //! - `FAKE_OPENCODE_NO_PROVIDERS=1`: `GET /config/providers` lists no provider.
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Duration::from_millis(ms.unwrap_or(default))
     };
     match mode.as_str() {
-        "ok" | "hang" | "exit-after-ready" | "wedge" | "child" => {}
+        "ok" | "hang" | "exit-after-ready" | "wedge" | "child" | "memory-growth" => {}
         "crash" => return fail("fake-opencode: crashing on purpose", 3),
         "port-conflict" => return fail(SERVE_ERROR, 1),
         "slow" => thread::sleep(delay(3000)),
@@ -120,6 +120,15 @@ fn main() -> ExitCode {
         thread::spawn(move || {
             thread::sleep(wait);
             std::process::exit(7);
+        });
+    }
+    if mode == "memory-growth" {
+        thread::spawn(|| {
+            let mut hog: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hog.push(vec![1u8; 16 << 20]);
+                thread::sleep(Duration::from_millis(100));
+            }
         });
     }
     let wedged_at = std::time::Instant::now() + delay(500);

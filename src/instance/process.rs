@@ -29,6 +29,8 @@ pub struct LaunchSpec {
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
+    /// Resource limits set in the child before it runs (computed here, applied after fork).
+    pub rlimits: Vec<(rustix::process::Resource, rustix::process::Rlimit)>,
 }
 
 /// Reads a process's identity; `None` if it does not exist or is a zombie (already dead).
@@ -78,6 +80,21 @@ pub fn spawn_detached(spec: &LaunchSpec) -> io::Result<(tokio::process::Child, P
         .stdout(log.try_clone()?)
         .stderr(log);
     detach(&mut command);
+    if !spec.rlimits.is_empty() {
+        let rlimits = spec.rlimits.clone();
+        #[allow(unsafe_code)]
+        // SAFETY: runs between fork and exec; setrlimit(2) is async-signal-safe and the vector was
+        // allocated before the fork, so nothing allocates here.
+        unsafe {
+            command.pre_exec(move || {
+                for (resource, limit) in &rlimits {
+                    rustix::process::setrlimit(*resource, limit.clone())
+                        .map_err(io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
+    }
     let child = tokio::process::Command::from(command)
         .kill_on_drop(false)
         .spawn()?;

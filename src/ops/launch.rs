@@ -37,6 +37,9 @@ pub(crate) async fn launch(
     let paths = &config.paths;
     let program = resolve_program(manager, env, progress).await?;
 
+    let limits = effective_limits(manager, env)?;
+    check_budget(manager, project, &limits)?;
+    let mechanism = manager.limit_mechanism().await.mechanism.clone();
     let port = choose_port(manager, project, env).await?;
     progress.step(format!("starting OpenCode on 127.0.0.1:{port}"));
 
@@ -74,6 +77,13 @@ pub(crate) async fn launch(
         cwd: paths.repo_dir(project),
         env: env_vars,
         log: log.clone(),
+        // Without a cgroup, rlimits are what the kernel offers (never RLIMIT_AS: Bun reserves
+        // tens of GB of address space).
+        rlimits: if matches!(mechanism, crate::instance::limits::Mechanism::Rlimit) {
+            crate::instance::limits::rlimits()
+        } else {
+            Vec::new()
+        },
     };
     let (mut child, proc) = process::spawn_detached(&spec).map_err(|err| {
         Reply::error(
@@ -83,6 +93,25 @@ pub(crate) async fn launch(
         )
     })?;
     tracing::info!(project = %project, pid = proc.pid, port, "spawned opencode");
+    let cgroup = if limits.is_empty() {
+        None
+    } else {
+        let name = marker.replace(':', ".");
+        match crate::instance::limits::enforce(&mechanism, &name, proc.pid, &limits) {
+            Ok(cgroup) => Some(cgroup),
+            Err(err) => {
+                tracing::warn!(project = %project, "could not apply resource limits: {err}");
+                None
+            }
+        }
+    };
+    manager.set_enforcement(
+        project.as_str(),
+        Some(super::Enforcement {
+            limits: limits.clone(),
+            cgroup,
+        }),
+    );
     let _ = process::write_pid_file(&paths.pid_file(project), proc.pid);
     manager
         .store()
@@ -201,6 +230,83 @@ async fn choose_port(
         })
         .map_err(Manager::store_failure)?;
     Ok(port)
+}
+
+/// The Project's limits (`MEMORY_MAX`, `CPU_MAX`, `TASKS_MAX` in its `.env`), each falling back
+/// to the daemon-wide default.
+fn effective_limits(
+    manager: &Manager,
+    env: &ProjectEnv,
+) -> Result<crate::instance::limits::Limits, Reply> {
+    let own = crate::instance::limits::Limits::parse(
+        env.memory_max.as_deref(),
+        env.cpu_max.as_deref(),
+        env.tasks_max.as_deref(),
+    )
+    .map_err(|err| {
+        Reply::error(
+            ErrorCode::InvalidConfig,
+            format!("{err} (in the project's .env)"),
+            "use values like MEMORY_MAX=2G, CPU_MAX=150%, TASKS_MAX=512",
+        )
+    })?;
+    let default = &manager.config().limits;
+    Ok(crate::instance::limits::Limits {
+        memory_bytes: own.memory_bytes.or(default.memory_bytes),
+        cpu_percent: own.cpu_percent.or(default.cpu_percent),
+        tasks: own.tasks.or(default.tasks),
+    })
+}
+
+/// What an Instance without a memory limit is assumed to need (design Part B.4: about 0.5 GiB).
+const ASSUMED_INSTANCE_MEMORY: u64 = 512 * 1024 * 1024;
+
+/// Refuses a start that would take the Instances past the aggregate memory budget, naming what runs.
+fn check_budget(
+    manager: &Manager,
+    project: &ProjectName,
+    limits: &crate::instance::limits::Limits,
+) -> Result<(), Reply> {
+    let Some(budget) = manager.config().memory_budget else {
+        return Ok(());
+    };
+    let state = manager.store().snapshot();
+    let mut running = Vec::new();
+    let mut committed = 0u64;
+    for (name, record) in &state.projects {
+        if name == project.as_str()
+            || !record
+                .instance
+                .proc()
+                .is_some_and(|(p, _)| process::is_alive(p))
+        {
+            continue;
+        }
+        let need = manager
+            .enforcement_facts(name)
+            .1
+            .unwrap_or(ASSUMED_INSTANCE_MEMORY);
+        committed += need;
+        running.push(format!("{name} ({} MiB)", need / (1024 * 1024)));
+    }
+    let need = limits.memory_bytes.unwrap_or(ASSUMED_INSTANCE_MEMORY);
+    if committed + need <= budget {
+        return Ok(());
+    }
+    Err(Reply::error(
+        ErrorCode::OverBudget,
+        format!(
+            "starting {project} ({} MiB) would exceed the memory budget of {} MiB; running: {}",
+            need / (1024 * 1024),
+            budget / (1024 * 1024),
+            if running.is_empty() {
+                "nothing".to_owned()
+            } else {
+                running.join(", ")
+            }
+        ),
+        "stop a project, lower MEMORY_MAX, or raise memory_budget in opencode-manager.toml",
+    ))
 }
 
 async fn resolve_program(
@@ -351,7 +457,10 @@ fn watch_exit(
         let Ok(status) = child.wait().await else {
             return;
         };
-        let how = describe_exit(status);
+        let mut how = describe_exit(status);
+        if manager.enforcement_facts(project.as_str()).0 {
+            how.push_str(", killed by the kernel's OOM killer: the memory limit was reached");
+        }
         let _ = manager.store().update(|s| {
             if let Some(r) = s.projects.get_mut(project.as_str())
                 && r.instance.proc().is_some_and(|(_, id)| id == launch_id)

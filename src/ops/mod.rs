@@ -120,6 +120,10 @@ struct Inner {
     gateway: crate::gateway::Gateway,
     restarts_in_flight: std::sync::atomic::AtomicUsize,
     supervision: crate::supervisor::Shared,
+    /// Which limit mechanism this machine offers, found on first need (it may run a probe).
+    limit_mechanism: tokio::sync::OnceCell<crate::instance::limits::Detection>,
+    /// The limits each running Instance got, with the cgroup that enforces them (if any).
+    enforced: Mutex<HashMap<String, Enforcement>>,
 }
 
 impl Manager {
@@ -141,6 +145,8 @@ impl Manager {
                 gateway: crate::gateway::Gateway::default(),
                 restarts_in_flight: std::sync::atomic::AtomicUsize::new(0),
                 supervision: crate::supervisor::Shared::default(),
+                limit_mechanism: tokio::sync::OnceCell::new(),
+                enforced: Mutex::default(),
             }),
         })
     }
@@ -195,6 +201,59 @@ impl Manager {
             .restarts_in_flight
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         RestartGuard(self.clone())
+    }
+
+    /// The limit mechanism in force (probed once, off the async threads).
+    pub async fn limit_mechanism(&self) -> &crate::instance::limits::Detection {
+        self.inner
+            .limit_mechanism
+            .get_or_init(|| async {
+                tokio::task::spawn_blocking(crate::instance::limits::detect)
+                    .await
+                    .unwrap_or_else(|_| crate::instance::limits::Detection {
+                        mechanism: crate::instance::limits::Mechanism::Rlimit,
+                        reason: "the probe failed".into(),
+                    })
+            })
+            .await
+    }
+
+    /// Remembers the limits (and cgroup) of a Project's current Instance.
+    pub(crate) fn set_enforcement(&self, project: &str, enforcement: Option<Enforcement>) {
+        let previous = {
+            let mut map = self
+                .inner
+                .enforced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match enforcement {
+                Some(e) => map.insert(project.to_owned(), e),
+                None => map.remove(project),
+            }
+        };
+        if let Some(Enforcement {
+            cgroup: Some(cgroup),
+            ..
+        }) = previous
+        {
+            cgroup.remove();
+        }
+    }
+
+    /// Whether the kernel OOM-killed something in the Project's cgroup, and its memory limit.
+    pub(crate) fn enforcement_facts(&self, project: &str) -> (bool, Option<u64>) {
+        let map = self
+            .inner
+            .enforced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match map.get(project) {
+            Some(e) => (
+                e.cgroup.as_ref().is_some_and(|c| c.oom_killed()),
+                e.limits.memory_bytes,
+            ),
+            None => (false, None),
+        }
     }
 
     pub fn supervision(&self) -> &crate::supervisor::Shared {
@@ -276,6 +335,12 @@ impl Manager {
         let port = self.config().gateway_port;
         (format!("http://127.0.0.1:{port}/mcp"), port)
     }
+}
+
+/// The limits an Instance was started with, and the cgroup enforcing them (none with rlimits).
+pub(crate) struct Enforcement {
+    pub limits: crate::instance::limits::Limits,
+    pub cgroup: Option<crate::instance::limits::Enforced>,
 }
 
 /// Ends a restart's "in progress" mark when dropped.

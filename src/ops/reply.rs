@@ -46,6 +46,7 @@ pub enum ErrorCode {
     DaemonUnavailable,
     GatewayNotRunning,
     NoActiveProjects,
+    OverBudget,
     Internal,
 }
 

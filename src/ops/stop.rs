@@ -162,6 +162,7 @@ pub(crate) async fn end_instance(
         }
         let marker = crate::sandbox::marker(paths, project, launch_id);
         let report = process::terminate(proc, &marker, GRACE).await;
+        manager.set_enforcement(project.as_str(), None);
         tracing::info!(project = %project, killed = report.killed, swept = report.swept, "stopped opencode");
         // The kernel releases the listening socket a moment after the process is gone; a stop
         // returns only once the port is free again, so it can be reused at once.

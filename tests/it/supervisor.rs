@@ -238,3 +238,77 @@ fn raw_mcp_call(port: u16, token: &str, body: &str) -> String {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
+
+#[test]
+fn a_memory_limit_is_enforced_and_an_oom_kill_is_reported_and_restarted() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let home = TestHome::fake("memory-growth", FAST);
+    let waiting = home.run_dev(&["start", "p", "--git-url", &url]);
+    let mechanism = home.run(&["doctor"]).json["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str())
+                .find(|l| l.starts_with("limits: "))
+                .map(str::to_owned)
+        })
+        .expect("limits line");
+    assert_eq!(waiting.status(), "success", "{waiting:?}");
+    assert_eq!(home.run(&["stop", "p"]).status(), "success");
+    let env = home.env_file("p");
+    let text = std::fs::read_to_string(&env).expect("read .env");
+    std::fs::write(&env, format!("{text}MEMORY_MAX=96M\nTASKS_MAX=64\n")).expect("write .env");
+    let started = home.run(&["restart", "p"]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    if mechanism.starts_with("limits: cgroup") || mechanism.starts_with("limits: systemd") {
+        wait_until(
+            "the kernel to OOM-kill the instance",
+            Duration::from_secs(60),
+            || {
+                home.manager_log()
+                    .contains("killed by the kernel's OOM killer")
+            },
+        );
+        wait_until(
+            "the supervisor to restart it",
+            Duration::from_secs(60),
+            || {
+                home.run(&["status", "p"]).json["restarts"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1)
+            },
+        );
+    } else {
+        // No cgroup rights: rlimits apply and the RSS watchdog is the guard; the instance runs.
+        assert!(mechanism.starts_with("limits: rlimit"), "{mechanism}");
+    }
+}
+
+#[test]
+fn a_start_past_the_memory_budget_is_refused_naming_what_runs() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let home = TestHome::fake(
+        "ok",
+        &format!("{FAST}memory_max = \"600M\"\nmemory_budget = \"1G\"\n"),
+    );
+    assert_eq!(
+        home.run_dev(&["start", "first", "--git-url", &url])
+            .status(),
+        "success"
+    );
+    let refused = home.run_dev(&["start", "second", "--git-url", &url]);
+    assert_eq!(refused.error(), "over_budget", "{refused:?}");
+    let message = refused.json["message"].as_str().expect("message");
+    assert!(
+        message.contains("first (600 MiB)") && message.contains("1024 MiB"),
+        "{message}"
+    );
+    assert_eq!(
+        home.marked_processes().len(),
+        1,
+        "nothing was started for the refused project"
+    );
+}
