@@ -88,8 +88,7 @@ pub fn spawn_detached(spec: &LaunchSpec) -> io::Result<(tokio::process::Child, P
         unsafe {
             command.pre_exec(move || {
                 for (resource, limit) in &rlimits {
-                    rustix::process::setrlimit(*resource, limit.clone())
-                        .map_err(io::Error::from)?;
+                    rustix::process::setrlimit(*resource, *limit).map_err(io::Error::from)?;
                 }
                 Ok(())
             });
@@ -288,6 +287,7 @@ mod tests {
                 (MARKER_VAR.into(), marker.clone()),
             ],
             log: dir.path().join("log"),
+            rlimits: Vec::new(),
         };
         let (mut child, id) = spawn_detached(&spec).expect("spawn");
         assert!(
