@@ -1,24 +1,23 @@
-//! Resource limits for Instances: parsing limit values, finding out which mechanism this machine
-//! offers (systemd scope, cgroup v2, cgroup v1, or only rlimits), putting a just-spawned Instance
-//! into its own cgroups and reading them back (memory use, OOM kills), and the RSS of a process tree.
+//! Resource limits for Instances, as the rest of the crate uses them: parsing limit values,
+//! choosing the mechanism this machine offers (systemd scope, cgroup v2, cgroup v1, or only
+//! rlimits) and saying why, putting a just-spawned Instance under its limits and reopening that
+//! handle later, the rlimits to set before exec, and the RSS of a process tree.
 //!
-//! Decisions are pure functions (value parsing, `/proc` and mountinfo parsing, the detection order,
-//! which cgroup files to write); the effects are confined to cgroupfs, `/proc` reads and the
-//! `systemd-run`/`busctl` calls. This module never spawns or signals Instance processes (that is
-//! `process`), never sets `RLIMIT_AS` (Bun reserves tens of GB of address space and would crash at
-//! start), never touches the state file, and never removes a cgroup it did not name.
+//! The decisions live here (value parsing, the detection order, which cgroups an Instance gets);
+//! all cgroup and systemd work (probing, creating, writing, reading, removing) is delegated to
+//! `cgroupfs`; this module itself only reads `/proc` and our own `RLIMIT_NOFILE`. It never spawns
+//! or signals Instance processes (that is `process`), never sets `RLIMIT_AS` (Bun reserves tens of
+//! GB of address space and would crash at start), never touches the state file, never removes a
+//! cgroup it did not name, and never re-exports `cgroupfs` items.
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use rustix::process::{Resource, Rlimit};
 
-/// Every cgroup (and systemd scope) of an Instance is called `opencode-manager-<name>`.
-const PREFIX: &str = "opencode-manager-";
-const CPU_PERIOD_US: u64 = 100_000;
+use super::cgroupfs::{self, PREFIX, Probe, Setting};
+
 /// The file-descriptor cap per Instance (Bun raises its soft limit to the hard one by itself).
 const NOFILE_CAP: u64 = 65_536;
 /// A memory limit below this is taken for a unit mistake ("512" meaning 512 MiB).
@@ -155,22 +154,20 @@ pub struct Detection {
     pub reason: String,
 }
 
-type Probe = Result<PathBuf, String>;
-
 /// Probes, in order: a systemd user manager, a writable cgroup v2 subtree, writable cgroup v1
 /// hierarchies (memory, pids, cpu); else rlimits. Blocks for up to about 2 s (the systemd probe).
 /// Its only lasting effect: enabling controllers for the children of our own cgroup v2.
 pub fn detect() -> Detection {
-    let systemd = probe_systemd();
+    let systemd = cgroupfs::probe_systemd();
     if systemd.is_ok() {
         return decide(systemd, None, None);
     }
-    let (mounts, members) = own_cgroups();
-    let v2 = probe_v2(&mounts, &members);
+    let (mounts, members) = cgroupfs::own_cgroups();
+    let v2 = cgroupfs::probe_v2(&mounts, &members);
     if v2.is_ok() {
         return decide(systemd, Some(v2), None);
     }
-    let v1 = ["memory", "pids", "cpu"].map(|c| probe_v1(&mounts, &members, c));
+    let v1 = ["memory", "pids", "cpu"].map(|c| cgroupfs::probe_v1(&mounts, &members, c));
     decide(systemd, Some(v2), Some(v1))
 }
 
@@ -227,124 +224,12 @@ fn decide(systemd: Result<(), String>, v2: Option<Probe>, v1: Option<[Probe; 3]>
     done(mechanism, why)
 }
 
-fn probe_systemd() -> Result<(), String> {
-    let systemd_run = on_path("systemd-run").ok_or("systemd-run is not on PATH")?;
-    let args = ["--user", "--scope", "--quiet", "--", "true"].map(String::from);
-    run(&systemd_run, &args, Duration::from_secs(2))
-        .map_err(|e| format!("systemd-run --user failed: {e}"))?;
-    on_path("busctl")
-        .map(drop)
-        .ok_or("systemd-run --user works but busctl is not on PATH".into())
-}
-
-fn probe_v2(mounts: &[Mount], members: &[Member]) -> Probe {
-    let mount = mounts
-        .iter()
-        .find(|m| m.fstype == "cgroup2")
-        .ok_or("not mounted")?;
-    let member = members
-        .iter()
-        .find(|m| m.controllers.is_empty())
-        .ok_or("not in /proc/self/cgroup")?;
-    let dir = cgroup_dir(&mount.point, &mount.root, &member.path);
-    let has = |file: &str, c: &str| {
-        fs::read_to_string(dir.join(file)).is_ok_and(|t| t.split_whitespace().any(|w| w == c))
-    };
-    if !(has("cgroup.controllers", "memory") && has("cgroup.controllers", "pids")) {
-        return Err(format!(
-            "{} has no memory and pids controllers",
-            dir.display()
-        ));
-    }
-    let control = dir.join("cgroup.subtree_control");
-    if !(has("cgroup.subtree_control", "memory") && has("cgroup.subtree_control", "pids")) {
-        fs::write(&control, "+memory +pids").map_err(|e| {
-            format!(
-                "cannot enable memory and pids below {} ({e}); a cgroup with processes cannot",
-                dir.display()
-            )
-        })?;
-    }
-    if has("cgroup.controllers", "cpu") && !has("cgroup.subtree_control", "cpu") {
-        let _ = fs::write(&control, "+cpu");
-    }
-    probe_mkdir(dir)
-}
-
-fn probe_v1(mounts: &[Mount], members: &[Member], controller: &str) -> Probe {
-    let has = |list: &[String]| list.iter().any(|c| c == controller);
-    let mount = mounts
-        .iter()
-        .find(|m| m.fstype == "cgroup" && has(&m.options))
-        .ok_or("not mounted")?;
-    let member = members
-        .iter()
-        .find(|m| has(&m.controllers))
-        .ok_or("not in /proc/self/cgroup")?;
-    probe_mkdir(cgroup_dir(&mount.point, &mount.root, &member.path))
-}
-
-fn probe_mkdir(dir: PathBuf) -> Probe {
-    let probe = dir.join(format!("{PREFIX}probe-{}", std::process::id()));
-    fs::create_dir(&probe)
-        .map_err(|e| format!("cannot create a cgroup in {}: {e}", dir.display()))?;
-    let _ = fs::remove_dir(&probe);
-    Ok(dir)
-}
-
 /// The cgroups of an Instance; dropping it leaves them in place (see [`Enforced::remove`]).
 #[derive(Debug, Default)]
 pub struct Enforced {
     dirs: Vec<PathBuf>,
     /// systemd owns the scope's directories and collects them; we never rmdir them.
     systemd: bool,
-}
-
-/// A cgroup file, its value, and whether the limit fails without it (swap accounting and the v2
-/// `cpu` controller may be absent).
-type Setting = (&'static str, String, bool);
-
-fn plan_v2(limits: &Limits) -> Vec<Setting> {
-    let mut plan = Vec::new();
-    if let Some(bytes) = limits.memory_bytes {
-        plan.extend([
-            ("memory.max", bytes.to_string(), true),
-            ("memory.swap.max", "0".into(), false),
-        ]);
-    }
-    if let Some(tasks) = limits.tasks {
-        plan.push(("pids.max", tasks.to_string(), true));
-    }
-    if let Some(percent) = limits.cpu_percent {
-        plan.push((
-            "cpu.max",
-            format!("{} {CPU_PERIOD_US}", u64::from(percent) * 1000),
-            false,
-        ));
-    }
-    plan
-}
-
-/// Settings per v1 hierarchy: memory, pids, cpu.
-fn plan_v1(limits: &Limits) -> [Vec<Setting>; 3] {
-    let memory = limits.memory_bytes.map(|bytes| {
-        let bytes = bytes.to_string();
-        vec![
-            ("memory.limit_in_bytes", bytes.clone(), true),
-            ("memory.memsw.limit_in_bytes", bytes, false),
-        ]
-    });
-    let pids = limits
-        .tasks
-        .map(|n| vec![("pids.max", n.to_string(), true)]);
-    let cpu = limits.cpu_percent.map(|p| {
-        let quota = (u64::from(p) * 1000).to_string();
-        vec![
-            ("cpu.cfs_period_us", CPU_PERIOD_US.to_string(), true),
-            ("cpu.cfs_quota_us", quota, true),
-        ]
-    });
-    [memory, pids, cpu].map(Option::unwrap_or_default)
 }
 
 /// Puts a just-spawned process (and any children it already has) into fresh cgroups named for
@@ -366,12 +251,19 @@ pub fn enforce(
     let groups: Vec<(Option<&PathBuf>, Vec<Setting>)> = match mechanism {
         _ if limits.is_empty() => return Ok(Enforced::default()),
         Mechanism::Rlimit => return Ok(Enforced::default()),
-        Mechanism::Systemd => return enforce_systemd(&cgroup, pid, limits),
-        Mechanism::CgroupV2 { root } => vec![(Some(root), plan_v2(limits))],
+        Mechanism::Systemd => {
+            let unit = format!("{cgroup}.scope");
+            let dirs = cgroupfs::enforce_systemd(&unit, pid, &tree(pid), limits)?;
+            return Ok(Enforced {
+                dirs,
+                systemd: true,
+            });
+        }
+        Mechanism::CgroupV2 { root } => vec![(Some(root), cgroupfs::plan_v2(limits))],
         Mechanism::CgroupV1 { memory, pids, cpu } => [memory, pids, cpu]
             .map(Option::as_ref)
             .into_iter()
-            .zip(plan_v1(limits))
+            .zip(cgroupfs::plan_v1(limits))
             .collect(),
     };
     let mut enforced = Enforced::default();
@@ -386,121 +278,27 @@ pub fn enforce(
         };
         let dir = parent.join(&cgroup);
         enforced.dirs.push(dir.clone());
-        if let Err(err) = join_new_cgroup(&dir, &plan, pid) {
+        if let Err(err) = cgroupfs::create(&dir, &plan, pid) {
             enforced.remove();
             return Err(err);
+        }
+        for child in tree(pid).into_iter().skip(1) {
+            let _ = cgroupfs::add(&dir, child);
         }
     }
     Ok(enforced)
 }
 
-fn join_new_cgroup(dir: &Path, plan: &[Setting], pid: i32) -> io::Result<()> {
-    match fs::create_dir(dir) {
-        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
-        _ => {}
-    }
-    for (file, value, required) in plan {
-        match fs::write(dir.join(file), value) {
-            Err(e) if *required => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("writing {}: {e}", dir.join(file).display()),
-                ));
-            }
-            Err(e) => tracing::debug!(file, "optional cgroup setting not applied: {e}"),
-            Ok(()) => {}
-        }
-    }
-    let procs = dir.join("cgroup.procs");
-    fs::write(&procs, pid.to_string())?;
-    for child in tree(pid).into_iter().skip(1) {
-        let _ = fs::write(&procs, child.to_string());
-    }
-    Ok(())
-}
-
-/// Asks the user's systemd for a transient scope around the process tree, as `systemd-run
-/// --scope` does for itself, then waits (up to 2 s) until the process is in it.
-fn enforce_systemd(cgroup: &str, pid: i32, limits: &Limits) -> io::Result<Enforced> {
-    let unit = format!("{cgroup}.scope");
-    let busctl = on_path("busctl").ok_or_else(|| io::Error::other("busctl is not on PATH"))?;
-    run(
-        &busctl,
-        &busctl_args(&unit, &tree(pid), limits),
-        Duration::from_secs(5),
-    )
-    .map_err(|e| io::Error::other(format!("creating {unit}: {e}")))?;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        let (mounts, _) = own_cgroups();
-        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let dirs: Vec<PathBuf> = parse_proc_cgroup(&text)
-            .iter()
-            .filter(|m| m.path.ends_with(&format!("/{unit}")))
-            .filter_map(|m| mount_of(&mounts, m).map(|mt| cgroup_dir(&mt.point, &mt.root, &m.path)))
-            .collect();
-        if !dirs.is_empty() {
-            return Ok(Enforced {
-                dirs,
-                systemd: true,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(io::Error::other(format!(
-        "process {pid} did not move into {unit}"
-    )))
-}
-
-/// `busctl --user call … StartTransientUnit` for a scope holding `pids` (unit names have no spaces).
-fn busctl_args(unit: &str, pids: &[i32], limits: &Limits) -> Vec<String> {
-    let pid_list: Vec<String> = pids.iter().map(i32::to_string).collect();
-    let mut props = vec![
-        "CollectMode s inactive-or-failed".to_owned(),
-        format!("PIDs au {} {}", pids.len(), pid_list.join(" ")),
-    ];
-    if let Some(bytes) = limits.memory_bytes {
-        props.extend([format!("MemoryMax t {bytes}"), "MemorySwapMax t 0".into()]);
-    }
-    if let Some(tasks) = limits.tasks {
-        props.push(format!("TasksMax t {tasks}"));
-    }
-    if let Some(percent) = limits.cpu_percent {
-        props.push(format!(
-            "CPUQuotaPerSecUSec t {}",
-            u64::from(percent) * 10_000
-        ));
-    }
-    let call = format!(
-        "--user call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager \
-         StartTransientUnit ssa(sv)a(sa(sv)) {unit} fail {} {} 0",
-        props.len(),
-        props.join(" ")
-    );
-    call.split(' ').map(String::from).collect()
-}
-
 impl Enforced {
     /// Memory charged to the Instance's cgroup now (v2 `memory.current`, v1 `memory.usage_in_bytes`).
     pub fn memory_current(&self) -> Option<u64> {
-        let read =
-            |dir: &PathBuf, file| fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok();
-        self.dirs
-            .iter()
-            .find_map(|d| read(d, "memory.current").or_else(|| read(d, "memory.usage_in_bytes")))
+        cgroupfs::memory_current(&self.dirs)
     }
 
     /// Whether the kernel OOM-killed a process in the cgroup (`oom_kill N` in v2 `memory.events`
     /// or v1 `memory.oom_control`).
     pub fn oom_killed(&self) -> bool {
-        let kills = |dir: &PathBuf, file| {
-            fs::read_to_string(dir.join(file))
-                .ok()
-                .and_then(|t| key_value(&t, "oom_kill"))
-        };
-        self.dirs
-            .iter()
-            .any(|d| kills(d, "memory.events").or_else(|| kills(d, "memory.oom_control")) > Some(0))
+        cgroupfs::oom_killed(&self.dirs)
     }
 
     /// Removes the cgroups (best effort), moving any leftover process to the parent first. May
@@ -509,22 +307,7 @@ impl Enforced {
         if self.systemd {
             return; // CollectMode=inactive-or-failed: systemd removes the scope once it is empty.
         }
-        for dir in &self.dirs {
-            for _ in 0..25 {
-                match fs::remove_dir(dir) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => {}
-                    _ => break,
-                }
-                if let (Some(parent), Ok(procs)) =
-                    (dir.parent(), fs::read_to_string(dir.join("cgroup.procs")))
-                {
-                    for pid in procs.split_whitespace() {
-                        let _ = fs::write(parent.join("cgroup.procs"), pid);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        cgroupfs::remove(&self.dirs);
     }
 
     pub fn paths(&self) -> Vec<PathBuf> {
@@ -549,40 +332,9 @@ pub fn reopen(mechanism: &Mechanism, name: &str) -> Option<Enforced> {
                 .collect(),
         ),
     };
-    let mut dirs: Vec<PathBuf> = direct.into_iter().filter(|d| d.is_dir()).collect();
-    if dirs.is_empty() {
-        let wanted = |m: &&Mount| {
-            m.fstype == "cgroup2"
-                || m.options
-                    .iter()
-                    .any(|o| ["memory", "pids", "cpu"].contains(&o.as_str()))
-        };
-        dirs = own_cgroups()
-            .0
-            .iter()
-            .filter(wanted)
-            .filter_map(|m| find_named(&m.point, &leaf, 8))
-            .collect();
-    }
+    let dirs = cgroupfs::find(direct, &leaf);
     let systemd = *mechanism == Mechanism::Systemd;
     (!dirs.is_empty()).then_some(Enforced { dirs, systemd })
-}
-
-fn find_named(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
-    let children: Vec<PathBuf> = fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
-    let hit = children
-        .iter()
-        .find(|p| p.file_name().is_some_and(|n| n == name));
-    hit.cloned().or_else(|| {
-        (depth > 0)
-            .then(|| children.iter().find_map(|p| find_named(p, name, depth - 1)))
-            .flatten()
-    })
 }
 
 /// rlimits safe for Bun, to apply with `setrlimit` in `pre_exec` (compute them before the fork):
@@ -640,148 +392,10 @@ fn parse_ppid(stat: &str) -> Option<i32> {
         .ok()
 }
 
-/// The number after `key` in a file of "key value" lines (memory.events, memory.oom_control).
-fn key_value(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(key)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// A cgroup filesystem from `/proc/self/mountinfo`.
-#[derive(Debug, PartialEq, Eq)]
-struct Mount {
-    root: String,
-    point: PathBuf,
-    fstype: String,
-    options: Vec<String>,
-}
-
-/// A line of `/proc/<pid>/cgroup`.
-#[derive(Debug, PartialEq, Eq)]
-struct Member {
-    controllers: Vec<String>,
-    path: String,
-}
-
-fn own_cgroups() -> (Vec<Mount>, Vec<Member>) {
-    let read = |p| fs::read_to_string(p).unwrap_or_default();
-    (
-        parse_mountinfo(&read("/proc/self/mountinfo")),
-        parse_proc_cgroup(&read("/proc/self/cgroup")),
-    )
-}
-
-/// `id parent dev root point opts [tags] - fstype source superopts`, for cgroup filesystems only.
-fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    let mount = |line: &str| {
-        let (left, right) = line.split_once(" - ")?;
-        let left: Vec<&str> = left.split_whitespace().collect();
-        let right: Vec<&str> = right.split_whitespace().collect();
-        let fstype = (*right.first()?).to_owned();
-        let options = right
-            .get(2)
-            .map_or_else(Vec::new, |o| o.split(',').map(String::from).collect());
-        let (root, point) = ((*left.get(3)?).to_owned(), PathBuf::from(left.get(4)?));
-        Some(Mount {
-            root,
-            point,
-            fstype,
-            options,
-        })
-    };
-    text.lines()
-        .filter_map(mount)
-        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
-        .collect()
-}
-
-/// `N:controllers:path` lines; the v2 line has no controllers.
-fn parse_proc_cgroup(text: &str) -> Vec<Member> {
-    let member = |line: &str| {
-        let (_, rest) = line.split_once(':')?;
-        let (controllers, path) = rest.split_once(':')?;
-        let controllers = controllers
-            .split(',')
-            .filter(|c| !c.is_empty())
-            .map(String::from)
-            .collect();
-        Some(Member {
-            controllers,
-            path: path.to_owned(),
-        })
-    };
-    text.lines().filter_map(member).collect()
-}
-
-fn mount_of<'a>(mounts: &'a [Mount], member: &Member) -> Option<&'a Mount> {
-    mounts.iter().find(|m| match member.controllers.as_slice() {
-        [] => m.fstype == "cgroup2",
-        wanted => m.fstype == "cgroup" && wanted.iter().all(|c| m.options.contains(c)),
-    })
-}
-
-/// The directory of cgroup `path` in a hierarchy mounted at `point` whose mount root is `root`.
-fn cgroup_dir(point: &Path, root: &str, path: &str) -> PathBuf {
-    let relative = match path.strip_prefix(root) {
-        Some(rest) if root != "/" && (rest.is_empty() || rest.starts_with('/')) => rest,
-        _ => path,
-    };
-    match relative.trim_start_matches('/') {
-        "" => point.to_owned(),
-        relative => point.join(relative),
-    }
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let executable = |p: &PathBuf| {
-        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(executable)
-}
-
-/// Runs a systemd tool to completion within `timeout`; the error is its first stderr line.
-fn run(program: &Path, args: &[String], timeout: Duration) -> Result<(), String> {
-    // Only systemd-run and busctl, never an Instance: those are spawned by `instance::process`.
-    #[allow(clippy::disallowed_methods)]
-    let mut command = std::process::Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait().map_err(|e| e.to_string())? {
-            Some(status) => break status,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no answer within {} s", timeout.as_secs()));
-            }
-        }
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = io::Read::read_to_string(&mut pipe, &mut stderr);
-    }
-    match stderr.lines().map(str::trim).find(|l| !l.is_empty()) {
-        _ if status.success() => Ok(()),
-        Some(line) => Err(line.to_owned()),
-        None => Err(format!("exited with {status}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::process::Stdio;
+
     use super::*;
 
     #[test]
@@ -875,97 +489,6 @@ mod tests {
     }
 
     #[test]
-    fn proc_files_parse() {
-        let mountinfo = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
-            32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw shared:9 - cgroup cgroup rw,cpu,cpuacct\n\
-            35 31 0:32 /docker/abc /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
-            41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        let mounts = parse_mountinfo(mountinfo);
-        assert_eq!(mounts.len(), 3);
-        assert_eq!(mounts[0].options, ["rw", "cpu", "cpuacct"]);
-        assert_eq!(mounts[1].root, "/docker/abc");
-        assert_eq!(mounts[2].fstype, "cgroup2");
-        let members =
-            parse_proc_cgroup("4:memory:/docker/abc/x\n2:cpu,cpuacct:/\n0::/user.slice\n");
-        assert_eq!(members[1].controllers, ["cpu", "cpuacct"]);
-        assert_eq!(
-            mount_of(&mounts, &members[1]).map(|m| &m.point),
-            Some(&mounts[0].point)
-        );
-        assert_eq!(
-            mount_of(&mounts, &members[2]).map(|m| m.fstype.as_str()),
-            Some("cgroup2")
-        );
-        let m = &mounts[1];
-        assert_eq!(
-            cgroup_dir(&m.point, &m.root, &members[0].path),
-            Path::new("/sys/fs/cgroup/memory/x")
-        );
-        assert_eq!(
-            cgroup_dir(&m.point, "/", "/a/b"),
-            Path::new("/sys/fs/cgroup/memory/a/b")
-        );
-        assert_eq!(
-            cgroup_dir(&m.point, "/doc", "/docker"),
-            Path::new("/sys/fs/cgroup/memory/docker")
-        );
-        assert_eq!(
-            key_value("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", "oom_kill"),
-            Some(3)
-        );
-        assert_eq!(key_value("low 0\noom 1\n", "oom_kill"), None);
-        assert_eq!(parse_ppid("12 (a (b) c) S 7 12 12 0"), Some(7));
-    }
-
-    #[test]
-    fn plans_write_the_documented_files() {
-        let limits = Limits {
-            memory_bytes: Some(64 << 20),
-            cpu_percent: Some(150),
-            tasks: Some(512),
-        };
-        let files = |plan: &[Setting]| {
-            plan.iter()
-                .map(|(file, value, _)| format!("{file}={value}"))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            files(&plan_v2(&limits)),
-            [
-                "memory.max=67108864",
-                "memory.swap.max=0",
-                "pids.max=512",
-                "cpu.max=150000 100000"
-            ]
-        );
-        let [memory, pids, cpu] = plan_v1(&limits);
-        assert_eq!(
-            files(&memory),
-            [
-                "memory.limit_in_bytes=67108864",
-                "memory.memsw.limit_in_bytes=67108864"
-            ]
-        );
-        assert_eq!(files(&pids), ["pids.max=512"]);
-        assert_eq!(
-            files(&cpu),
-            ["cpu.cfs_period_us=100000", "cpu.cfs_quota_us=150000"]
-        );
-        assert!(
-            plan_v1(&Limits {
-                tasks: Some(5),
-                ..Limits::default()
-            })[0]
-                .is_empty()
-        );
-        let args = busctl_args("opencode-manager-p.scope", &[10, 11], &limits).join(" ");
-        assert!(args.ends_with(
-            "StartTransientUnit ssa(sv)a(sa(sv)) opencode-manager-p.scope fail 6 CollectMode s inactive-or-failed \
-             PIDs au 2 10 11 MemoryMax t 67108864 MemorySwapMax t 0 TasksMax t 512 CPUQuotaPerSecUSec t 1500000 0"
-        ), "{args}");
-    }
-
-    #[test]
     fn detection_falls_back_in_order_and_says_why() {
         let seen = |v2: Option<Probe>, v1| {
             let systemd = Err("systemd-run --user failed: Failed to connect to bus".into());
@@ -1025,6 +548,7 @@ mod tests {
         assert!(tree_rss(me) > 0);
         assert_eq!(tree(me).first(), Some(&me));
         assert_eq!(tree_rss(i32::MAX), 0);
+        assert_eq!(parse_ppid("12 (a (b) c) S 7 12 12 0"), Some(7));
     }
 
     /// Needs root (or a delegated cgroup) to exercise the cgroup path; without one, the handle

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod binary;
+pub mod cgroupfs;
 pub mod limits;
 pub mod ports;
 pub mod process;

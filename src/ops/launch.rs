@@ -461,14 +461,14 @@ fn watch_exit(
         if manager.enforcement_facts(project.as_str()).0 {
             how.push_str(", killed by the kernel's OOM killer: the memory limit was reached");
         }
-        let _ = manager.store().update(|s| {
+        let crashed = manager.store().update(|s| {
             if let Some(r) = s.projects.get_mut(project.as_str())
                 && r.instance.proc().is_some_and(|(_, id)| id == launch_id)
             {
                 if r.desired == Desired::Stopped {
                     // A stop is under way; it records the outcome itself.
                     tracing::info!(project = %project, "opencode exited ({how})");
-                    return;
+                    return false;
                 }
                 tracing::warn!(project = %project, "opencode exited unexpectedly ({how})");
                 r.instance = InstanceRecord::Stopped {
@@ -477,8 +477,18 @@ fn watch_exit(
                         crate::timestamp::now()
                     )),
                 };
+                return true;
             }
+            false
         });
+        if crashed.unwrap_or(false) {
+            // What the dead Instance's tools started (in their own sessions) must not outlive it.
+            let marker = crate::sandbox::marker(&manager.config().paths, &project, &launch_id);
+            let swept = process::sweep(|value| value == marker).await;
+            if swept > 0 {
+                tracing::warn!(project = %project, swept, "killed processes the crashed instance left behind");
+            }
+        }
     });
 }
 

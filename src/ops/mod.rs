@@ -256,6 +256,18 @@ impl Manager {
         }
     }
 
+    /// The memory limit the RSS watchdog must guard: set, but enforced by no cgroup.
+    pub(crate) fn watchdog_limit(&self, project: &str) -> Option<u64> {
+        let map = self
+            .inner
+            .enforced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(project)
+            .filter(|e| e.cgroup.is_none())
+            .and_then(|e| e.limits.memory_bytes)
+    }
+
     pub fn supervision(&self) -> &crate::supervisor::Shared {
         &self.inner.supervision
     }

@@ -198,7 +198,12 @@ fn observe(
             if manager.supervision().take_touch(project.as_str()) || port_busy {
                 apply(manager, sender, entry, project, Observation::Activity);
             }
-            Observation::Tick
+            // The RSS watchdog, where no cgroup holds the Instance to its memory limit.
+            let over = manager.watchdog_limit(project.as_str()).and_then(|limit| {
+                let rss = alive.map_or(0, |(p, _)| crate::instance::limits::tree_rss(p.pid));
+                (rss > limit).then_some(Observation::OverMemory { rss, limit })
+            });
+            over.unwrap_or(Observation::Tick)
         }
         // Gone without a stop: the exit watcher (or the liveness check) recorded how.
         (
@@ -391,6 +396,12 @@ async fn relaunch(
             };
         }
     };
+    // The previous Instance is gone; anything still carrying its marker is an orphan.
+    let prefix = crate::sandbox::marker_prefix(&manager.config().paths, project);
+    let swept = process::sweep(|value| value.starts_with(&prefix)).await;
+    if swept > 0 {
+        tracing::warn!(project = %project, swept, "killed processes an earlier instance left behind");
+    }
     tracing::info!(project = %project, "supervisor starting opencode");
     match crate::ops::launch::launch(manager, project, &env, &crate::ops::Progress::default()).await
     {

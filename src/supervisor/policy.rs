@@ -52,8 +52,10 @@ pub enum Phase {
         failed_probes: u32,
         last_probe: Option<Instant>,
         last_activity: Instant,
-        /// When a wedge was first seen while sessions were busy.
+        /// When a wedge (or a memory overrun) was first seen while sessions were busy.
         draining_since: Option<Instant>,
+        /// Whether the last probe found a busy session.
+        busy: bool,
     },
     /// Waiting to be restarted after a failure.
     Backoff { until: Instant },
@@ -117,6 +119,9 @@ pub enum Observation {
     Activity,
     /// A gateway call arrived for a parked Project.
     Demand,
+    /// The instance's process tree uses more memory than its limit (the RSS watchdog, where no
+    /// cgroup enforces the limit).
+    OverMemory { rss: u64, limit: u64 },
     /// Time passed.
     Tick,
 }
@@ -143,6 +148,7 @@ fn running(now: Instant) -> Phase {
         last_probe: None,
         last_activity: now,
         draining_since: None,
+        busy: false,
     }
 }
 
@@ -231,10 +237,12 @@ pub fn decide(
                 last_probe,
                 last_activity,
                 draining_since,
+                busy,
             },
             Observation::Probe { ok, busy_sessions },
         ) => {
             *last_probe = Some(now);
+            *busy = busy_sessions;
             if busy_sessions {
                 *last_activity = now;
             }
@@ -259,6 +267,32 @@ pub fn decide(
             let mut actions = failed(s, now, policy, jitter, format!("recycled: {reason}"));
             if !matches!(s.phase, Phase::Failed { .. }) {
                 // Recycle at once rather than after the backoff: the process is alive but useless.
+                s.phase = Phase::Starting;
+                s.restarts += 1;
+                actions.push(Action::Recycle { reason });
+            }
+            actions
+        }
+        (
+            Phase::Running {
+                busy,
+                draining_since,
+                ..
+            },
+            Observation::OverMemory { rss, limit },
+        ) => {
+            // Recycle only when no session is busy, or once the drain deadline has passed.
+            let drain_start = *draining_since.get_or_insert(now);
+            if *busy && now.saturating_duration_since(drain_start) < policy.drain_deadline {
+                return Vec::new();
+            }
+            let reason = format!(
+                "its processes use {} MiB, past the memory limit of {} MiB",
+                rss / (1024 * 1024),
+                limit / (1024 * 1024)
+            );
+            let mut actions = failed(s, now, policy, jitter, format!("recycled: {reason}"));
+            if !matches!(s.phase, Phase::Failed { .. }) {
                 s.phase = Phase::Starting;
                 s.restarts += 1;
                 actions.push(Action::Recycle { reason });
@@ -612,6 +646,39 @@ mod tests {
             decide(&mut s, Observation::Tick, at(t0, 1_000_001), &never, 0.0),
             vec![]
         );
+    }
+
+    #[test]
+    fn the_rss_watchdog_recycles_when_no_session_is_busy() {
+        let (p, t0) = (Policy::default(), Instant::now());
+        let over = Observation::OverMemory {
+            rss: 3 << 30,
+            limit: 2 << 30,
+        };
+        let mut idle = Supervised::running(t0);
+        let actions = decide(&mut idle, over.clone(), at(t0, 5), &p, 0.0);
+        let reason = "its processes use 3072 MiB, past the memory limit of 2048 MiB".to_owned();
+        assert_eq!(actions, vec![Action::Recycle { reason }]);
+        let mut busy = Supervised::running(t0);
+        decide(
+            &mut busy,
+            Observation::Probe {
+                ok: true,
+                busy_sessions: true,
+            },
+            at(t0, 1),
+            &p,
+            0.0,
+        );
+        assert_eq!(
+            decide(&mut busy, over.clone(), at(t0, 5), &p, 0.0),
+            vec![],
+            "a busy session drains first"
+        );
+        assert!(matches!(
+            decide(&mut busy, over, at(t0, 306), &p, 0.0).as_slice(),
+            [Action::Recycle { .. }]
+        ));
     }
 
     #[test]

@@ -1,0 +1,238 @@
+//! The supervisor's two user-visible delays, with the real OpenCode, in one run:
+//! - cold start on demand: a parked (idle) project answering its first gateway call
+//!   (`opencode-session-list`), p50 over 20 runs, next to a plain `opencode-manager start` of the
+//!   same stopped project;
+//! - recovery: SIGKILL of an instance until it is healthy again (10 runs; restart backoff 1 s, the default).
+//!
+//! ```sh
+//! cargo build --release
+//! cargo run --release --example bench_supervisor -- [--runs N]
+//! ```
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::disallowed_methods
+)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn manifest(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+struct Bench {
+    bin: PathBuf,
+    opencode: PathBuf,
+    home: PathBuf,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.cli(&["stop", "--all"]);
+        if let Ok(pid) = std::fs::read_to_string(self.home.join("opencode-manager.lock")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+impl Bench {
+    fn cli(&self, args: &[&str]) -> Value {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .arg("--json")
+            .env("OPENCODE_MANAGER_HOME", &self.home)
+            .env("OPENCODE_BIN", &self.opencode)
+            .env("ENVIRONMENT", "development")
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.home.join("opencode-state.json")).unwrap_or_default(),
+        )
+        .unwrap_or(Value::Null)
+    }
+
+    fn wait(&self, what: &str, mut done: impl FnMut(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done(&self.state()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn git(args: &[&str], cwd: &Path) {
+    let ok = Command::new("git")
+        .args([
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(cwd)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+/// One stateless MCP call to the gateway; returns when the reply is complete.
+fn gateway_call(port: u16, token: &str) -> String {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "opencode-session-list", "arguments": {"server": "p"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\n\
+         Mcp-Name: opencode-session-list\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") && !response.contains("\"isError\":true"),
+        "{response}"
+    );
+    response
+}
+
+fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1],
+    )
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .skip_while(|a| a != "--runs")
+        .nth(1)
+        .map(|n| n.parse().unwrap())
+        .unwrap_or(20);
+    let bin = manifest("target/release/opencode-manager");
+    let opencode = manifest(".tools/node_modules/.bin/opencode");
+    assert!(bin.exists(), "build first: cargo build --release");
+    assert!(opencode.exists(), "install OpenCode first: scripts/test");
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let gateway_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        home.join("opencode-manager.toml"),
+        format!("allow_file = true\ngateway_port = {gateway_port}\nidle_timeout_secs = 1\nsupervisor_probe_interval_secs = 1\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n"),
+    )
+    .unwrap();
+    let work = scratch.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let bare = scratch.path().join("r.git");
+    git(
+        &["init", "-q", "--bare", bare.to_str().unwrap()],
+        scratch.path(),
+    );
+    git(&["init", "-q"], &work);
+    std::fs::write(work.join("README.md"), "bench\n").unwrap();
+    git(&["add", "."], &work);
+    git(&["commit", "-qm", "init"], &work);
+    git(&["push", "-q", bare.to_str().unwrap(), "HEAD:main"], &work);
+    let bench = Bench {
+        bin,
+        opencode,
+        home: home.clone(),
+    };
+    let url = format!("file://{}", bare.display());
+    assert_eq!(
+        bench.cli(&["start", "p", "--git-url", &url])["status"],
+        "success"
+    );
+    let token = std::fs::read_to_string(home.join("global-mcp-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let status_of = |s: &Value| {
+        s["projects"]["p"]["instance"]["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    let (mut on_demand, mut plain) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        bench.wait("the project to be parked", |s| status_of(s) == "idle");
+        let t = Instant::now();
+        gateway_call(gateway_port, &token);
+        on_demand.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(bench.cli(&["stop", "p"])["status"], "success");
+        let t = Instant::now();
+        assert_eq!(
+            bench.cli(&["start", "p", "--git-url", &url])["status"],
+            "success"
+        );
+        plain.push(t.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "… run {}/{runs}: on demand {:.0} ms, plain start {:.0} ms",
+            run + 1,
+            on_demand[run],
+            plain[run]
+        );
+    }
+
+    // Recovery after SIGKILL, with idle parking out of the way (activity every run).
+    let mut recovery = Vec::new();
+    for run in 0..runs.min(10) {
+        bench.wait("the project to run", |s| {
+            status_of(s) == "running" || status_of(s) == "idle"
+        });
+        if status_of(&bench.state()) == "idle" {
+            gateway_call(gateway_port, &token);
+        }
+        let pid = bench.state()["projects"]["p"]["instance"]["proc"]["pid"]
+            .as_i64()
+            .unwrap();
+        let t = Instant::now();
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        bench.wait("the instance to be healthy again", |s| {
+            s["projects"]["p"]["instance"]["status"] == "running"
+                && s["projects"]["p"]["instance"]["proc"]["pid"].as_i64() != Some(pid)
+        });
+        recovery.push(t.elapsed().as_secs_f64() * 1000.0);
+        eprintln!("… recovery {}: {:.0} ms", run + 1, recovery[run]);
+    }
+    let (a, b, c) = median(on_demand);
+    let (d, e, f) = median(plain);
+    let (g, h, i) = median(recovery);
+    println!("| measurement | min | p50 | max |\n|---|---|---|---|");
+    println!(
+        "| parked → first gateway reply (start on demand) | {a:.0} ms | {b:.0} ms | {c:.0} ms |"
+    );
+    println!(
+        "| plain `opencode-manager start` of the stopped project | {d:.0} ms | {e:.0} ms | {f:.0} ms |"
+    );
+    println!("| SIGKILL → healthy again (backoff 1 s) | {g:.0} ms | {h:.0} ms | {i:.0} ms |");
+}
