@@ -15,7 +15,7 @@ use super::Manager;
 use super::reply::{Reply, Status};
 use crate::config::OPENCODE_VERSION;
 use crate::instance::binary::{self, Source};
-use crate::instance::limits::{self, Mechanism};
+use crate::instance::limits::Mechanism;
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,7 +45,8 @@ pub async fn doctor(manager: &Manager) -> Reply {
         first_line(Path::new("git"), &["--version"]),
         first_line(Path::new("ssh"), &["-V"]),
         first_line(Path::new("npm"), &["--version"]),
-        tokio::task::spawn_blocking(limits::detect),
+        // The mechanism in force for this daemon (probed once), not a fresh guess.
+        manager.limit_mechanism(),
     );
     let opencode = opencode_check(manager, npm.is_ok()).await;
     let checks = [
@@ -69,16 +70,13 @@ pub async fn doctor(manager: &Manager) -> Reply {
             )),
         },
         home_check(config.paths.home()),
-        fine(match detection {
-            Ok(found) => {
-                let kind = match found.mechanism {
-                    Mechanism::Systemd => "systemd",
-                    Mechanism::CgroupV2 { .. } | Mechanism::CgroupV1 { .. } => "cgroup",
-                    Mechanism::Rlimit => "rlimit",
-                };
-                format!("limits: {kind} ({})", found.reason)
-            }
-            Err(err) => format!("limits: rlimit (detection failed: {err})"),
+        fine({
+            let kind = match detection.mechanism {
+                Mechanism::Systemd => "systemd",
+                Mechanism::CgroupV2 { .. } | Mechanism::CgroupV1 { .. } => "cgroup",
+                Mechanism::Rlimit => "rlimit",
+            };
+            format!("limits: {kind} ({})", detection.reason)
         }),
     ];
     let problems = checks.iter().filter(|c| c.problem).count();

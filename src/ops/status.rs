@@ -55,7 +55,7 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
     });
     reply.opencode_pid = pid;
     reply.restarts = view.map(|v| v.restarts);
-    reply.memory_bytes = pid.and_then(crate::instance::process::rss_bytes);
+    reply.memory_bytes = pid.map(crate::instance::limits::tree_rss);
     if let (InstanceRecord::Running { started_at, .. }, Some(_)) = (&record.instance, pid) {
         reply.uptime_secs = crate::timestamp::parse(started_at)
             .and_then(|t| t.elapsed().ok())

@@ -192,6 +192,25 @@ fn observe(
             }
         }
     }
+    // A start that failed elsewhere (the user's, or one on demand): show it, don't retry it.
+    if let InstanceRecord::Failed { error, .. } = &record.instance
+        && !matches!(
+            entry.supervised.phase,
+            Phase::Failed { .. } | Phase::Backoff { .. }
+        )
+    {
+        entry.supervised.phase = Phase::Failed {
+            reason: error.clone(),
+        };
+        manager.supervision().publish(
+            project.as_str(),
+            Some(View {
+                state: entry.supervised.state_word(),
+                restarts: entry.supervised.restarts,
+            }),
+        );
+        return;
+    }
     let observation = match (&record.instance, alive) {
         (InstanceRecord::Running { .. }, Some(_)) => {
             let port_busy = record.port.is_some_and(established_connections);
@@ -212,7 +231,7 @@ fn observe(
             | InstanceRecord::Stopped { .. },
             None,
         ) if matches!(entry.supervised.phase, Phase::Running { .. })
-            || (matches!(entry.supervised.phase, Phase::Starting)
+            || (matches!(entry.supervised.phase, Phase::Starting | Phase::Idle { .. })
                 && matches!(
                     record.instance,
                     InstanceRecord::Stopped { last_exit: Some(_) }
@@ -295,23 +314,38 @@ fn carry_out(
             });
         }
         Action::GiveUp { reason } => {
-            let tail = crate::logs::tail(&manager.config().paths.project_log(&project), 10)
-                .unwrap_or_default();
-            tracing::error!(project = %project, "supervisor gave up: {reason}");
-            let error = format!("{reason}; log tail: {}", tail.join(" | "));
-            let _ = manager.store().update(|s| {
-                if let Some(r) = s.projects.get_mut(project.as_str())
-                    && r.desired == Desired::Running
-                {
-                    r.instance = InstanceRecord::Failed {
-                        error,
-                        at: crate::timestamp::now(),
-                    };
-                }
+            tokio::spawn(async move {
+                give_up(&manager, &project, &reason).await;
+                let _ = sender.send(Event::Done(name));
             });
-            entry.busy = false;
         }
     }
+}
+
+/// Records the give-up with the log tail, ending a process that is still alive (wedged or over
+/// its memory limit), so that `failed` never hides a running server.
+async fn give_up(manager: &Manager, project: &ProjectName, reason: &str) {
+    let _guard = manager.lock_project(project).await;
+    let wanted = manager
+        .store()
+        .snapshot()
+        .projects
+        .get(project.as_str())
+        .is_some_and(|r| r.desired == Desired::Running);
+    if !wanted {
+        return;
+    }
+    let tail =
+        crate::logs::tail(&manager.config().paths.project_log(project), 10).unwrap_or_default();
+    tracing::error!(project = %project, "supervisor gave up: {reason}");
+    let outcome = InstanceRecord::Failed {
+        error: format!("{reason}; log tail: {}", tail.join(" | ")),
+        at: crate::timestamp::now(),
+    };
+    let _ = crate::ops::stop::end_instance(manager, project, Some(outcome)).await;
+    let _ = manager
+        .gateway()
+        .sync(manager, crate::gateway::Trigger::Follow);
 }
 
 /// A health probe, and whether any session is busy (which counts as activity and delays recycling).
@@ -326,10 +360,9 @@ async fn probe(manager: &Manager, project: &ProjectName) -> Observation {
         record.and_then(|r| r.port),
         crate::project_env::load(&manager.config().paths.env_file(project)),
     ) else {
-        return Observation::Probe {
-            ok: false,
-            busy_sessions: false,
-        };
+        // No port or an unreadable .env (a typo being fixed): that says nothing about the
+        // server's health, so it is not counted against it.
+        return Observation::Tick;
     };
     let api = InstanceApi::new(port, env.password);
     let ok = api.health(Duration::from_secs(3)).await.is_ok();
@@ -362,14 +395,22 @@ async fn relaunch(
     recycle: Option<String>,
 ) -> Observation {
     let _guard = manager.lock_project(project).await;
-    let wanted = manager
+    let record = manager
         .store()
         .snapshot()
         .projects
         .get(project.as_str())
-        .is_some_and(|r| r.desired == Desired::Running);
-    if !wanted {
+        .cloned();
+    let Some(record) = record.filter(|r| r.desired == Desired::Running) else {
         return Observation::Tick;
+    };
+    let alive = record
+        .instance
+        .proc()
+        .is_some_and(|(p, _)| process::is_alive(p));
+    if alive && recycle.is_none() {
+        // Someone else started it while this task waited for the lock.
+        return Observation::Ready;
     }
     if let Some(reason) = &recycle {
         let busy = interrupted_sessions(manager, project).await;

@@ -214,9 +214,10 @@ pub fn decide(
         (_, Observation::StartFailed { reason }) => {
             failed(s, now, policy, jitter, format!("start failed: {reason}"))
         }
-        (Phase::Running { .. } | Phase::Starting, Observation::Exited { how }) => {
-            failed(s, now, policy, jitter, format!("exited ({how})"))
-        }
+        (
+            Phase::Running { .. } | Phase::Starting | Phase::Idle { .. },
+            Observation::Exited { how },
+        ) => failed(s, now, policy, jitter, format!("exited ({how})")),
         (Phase::Backoff { until }, Observation::Tick) if now >= *until => {
             s.phase = Phase::Starting;
             s.restarts += 1;
@@ -242,7 +243,10 @@ pub fn decide(
             Observation::Probe { ok, busy_sessions },
         ) => {
             *last_probe = Some(now);
-            *busy = busy_sessions;
+            // A failed probe cannot see the sessions: keep what the last good one saw.
+            if ok {
+                *busy = busy_sessions;
+            }
             if busy_sessions {
                 *last_activity = now;
             }
@@ -260,7 +264,7 @@ pub fn decide(
             }
             // Wedged: recycle, but not under a busy session until the drain deadline.
             let drain_start = *draining_since.get_or_insert(now);
-            if busy_sessions && now.saturating_duration_since(drain_start) < policy.drain_deadline {
+            if *busy && now.saturating_duration_since(drain_start) < policy.drain_deadline {
                 return Vec::new();
             }
             let reason = format!("no answer to {} health probes in a row", *failed_probes);
@@ -495,10 +499,21 @@ mod tests {
         );
         assert_eq!((s.phase.clone(), s.restarts), (Phase::Starting, 1));
 
+        // A failed probe cannot see sessions; the last good probe saw a busy one.
         let mut busy = Supervised::running(t0);
+        decide(
+            &mut busy,
+            Observation::Probe {
+                ok: true,
+                busy_sessions: true,
+            },
+            at(t0, 5),
+            &p,
+            0.0,
+        );
         let fail_busy = Observation::Probe {
             ok: false,
-            busy_sessions: true,
+            busy_sessions: false,
         };
         for i in 1..=3 {
             assert_eq!(
