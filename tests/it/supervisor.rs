@@ -312,3 +312,77 @@ fn a_start_past_the_memory_budget_is_refused_naming_what_runs() {
         "nothing was started for the refused project"
     );
 }
+
+#[test]
+fn a_crashed_instance_leaves_nothing_its_agent_started() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let llm = crate::support::fake_llm::FakeLlm::start();
+    let home = TestHome::with_opencode(opencode_bin(), FAST);
+    let waiting = home.run_dev(&["start", "p", "--git-url", &url]);
+    assert_eq!(waiting.status(), "success", "{waiting:?}");
+    assert_eq!(home.run(&["stop", "p"]).status(), "success");
+    let env = home.env_file("p");
+    let text = std::fs::read_to_string(&env).expect("read .env");
+    std::fs::write(
+        &env,
+        format!(
+            "{text}OPENCODE_CONFIG_CONTENT='{}'\n",
+            llm.config_content("allow")
+        ),
+    )
+    .expect("write .env");
+    let started = home.run(&["restart", "p"]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    let pid = started.json["opencode_pid"].as_i64().expect("pid") as i32;
+    let port = started.json["opencode_port"].as_u64().expect("port") as u16;
+    let pw = password(&home, "p");
+    let timeout = Duration::from_secs(10);
+    let session = http("POST", port, "/session", Some(&pw), Some("{}"), timeout)
+        .expect("session")
+        .json();
+    let id = session["id"].as_str().expect("id");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let child_file = scratch.path().join("child.pid");
+    let prompt = json!({"parts": [{"type": "text", "text": format!("RUN: echo $$ > {}; exec sleep 300", child_file.display())}]});
+    http(
+        "POST",
+        port,
+        &format!("/session/{id}/prompt_async"),
+        Some(&pw),
+        Some(&prompt.to_string()),
+        timeout,
+    )
+    .expect("prompt");
+    wait_until("the agent's child to run", Duration::from_secs(60), || {
+        std::fs::read_to_string(&child_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
+    });
+    let child: i32 = std::fs::read_to_string(&child_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    // The bash tool's command runs in its own session: killing OpenCode alone would orphan it.
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    wait_until("the orphan to be swept", Duration::from_secs(30), || {
+        !pid_alive(child)
+    });
+    wait_until(
+        "the instance to be restarted",
+        Duration::from_secs(60),
+        || {
+            let status = home.run(&["status", "p"]);
+            status.json["opencode"]["status"] == "running"
+                && status.json["opencode_pid"].as_i64() != Some(i64::from(pid))
+        },
+    );
+    let log = home.manager_log();
+    assert!(
+        log.contains("killed processes the crashed instance left behind")
+            || log.contains("killed processes an earlier instance left behind"),
+        "the sweep is logged: {log}"
+    );
+}
