@@ -453,8 +453,10 @@ fn watch_exit(
     launch_id: String,
     mut child: tokio::process::Child,
 ) {
+    manager.set_watched(&launch_id, true);
     tokio::spawn(async move {
         let Ok(status) = child.wait().await else {
+            manager.set_watched(&launch_id, false);
             return;
         };
         let mut how = describe_exit(status);
@@ -481,6 +483,8 @@ fn watch_exit(
             }
             false
         });
+        // Only now may the liveness check look at this launch: its outcome is recorded.
+        manager.set_watched(&launch_id, false);
         if crashed.unwrap_or(false) {
             // What the dead Instance's tools started (in their own sessions) must not outlive it.
             let marker = crate::sandbox::marker(&manager.config().paths, &project, &launch_id);

@@ -120,6 +120,8 @@ struct Inner {
     gateway: crate::gateway::Gateway,
     restarts_in_flight: std::sync::atomic::AtomicUsize,
     supervision: crate::supervisor::Shared,
+    /// Launches whose process is this daemon's child, watched for its exit status.
+    watched: Mutex<std::collections::HashSet<String>>,
     /// Which limit mechanism this machine offers, found on first need (it may run a probe).
     limit_mechanism: tokio::sync::OnceCell<crate::instance::limits::Detection>,
     /// The limits each running Instance got, with the cgroup that enforces them (if any).
@@ -145,6 +147,7 @@ impl Manager {
                 gateway: crate::gateway::Gateway::default(),
                 restarts_in_flight: std::sync::atomic::AtomicUsize::new(0),
                 supervision: crate::supervisor::Shared::default(),
+                watched: Mutex::default(),
                 limit_mechanism: tokio::sync::OnceCell::new(),
                 enforced: Mutex::default(),
             }),
@@ -266,6 +269,25 @@ impl Manager {
         map.get(project)
             .filter(|e| e.cgroup.is_none())
             .and_then(|e| e.limits.memory_bytes)
+    }
+
+    /// Marks a launch as watched (or no longer) by an exit watcher, which records its exit status.
+    pub(crate) fn set_watched(&self, launch_id: &str, watched: bool) {
+        let mut set = self.inner.watched.lock().unwrap_or_else(|p| p.into_inner());
+        if watched {
+            set.insert(launch_id.to_owned());
+        } else {
+            set.remove(launch_id);
+        }
+    }
+
+    /// Whether an exit watcher owns the outcome of this launch.
+    pub(crate) fn is_watched(&self, launch_id: &str) -> bool {
+        self.inner
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(launch_id)
     }
 
     pub fn supervision(&self) -> &crate::supervisor::Shared {

@@ -99,7 +99,9 @@ pub fn check_liveness(manager: &Manager) {
     let state = manager.store().snapshot();
     let mut changed = false;
     for (name, record) in &state.projects {
-        if let Some((proc, _)) = record.instance.proc()
+        // A launch with an exit watcher gets its exact exit status from it, not from here.
+        if let Some((proc, launch_id)) = record.instance.proc()
+            && !manager.is_watched(launch_id)
             && !process::is_alive(proc)
         {
             changed |= mark_exited(

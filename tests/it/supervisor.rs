@@ -379,10 +379,7 @@ fn a_crashed_instance_leaves_nothing_its_agent_started() {
                 && status.json["opencode_pid"].as_i64() != Some(i64::from(pid))
         },
     );
-    let log = home.manager_log();
-    assert!(
-        log.contains("killed processes the crashed instance left behind")
-            || log.contains("killed processes an earlier instance left behind"),
-        "the sweep is logged: {log}"
-    );
+    // Whether the sweep or the kernel ended the child (Bun sometimes takes its children along
+    // when it is killed) varies from run to run; what must hold is that nothing survives.
+    assert!(home.marked_processes().iter().all(|p| *p != child));
 }
