@@ -610,7 +610,14 @@ impl GatewayServer {
             ));
         };
         let project = ProjectName::parse(&name).map_err(|err| err.message)?;
-        let parked = matches!(record.instance, InstanceRecord::Idle { .. });
+        // Parked, or being started (on demand by another call, or by the supervisor): wait for
+        // that start under the Project's lock rather than failing the call.
+        let parked = matches!(record.instance, InstanceRecord::Idle { .. })
+            || (matches!(record.instance, InstanceRecord::Starting { .. })
+                && record
+                    .instance
+                    .proc()
+                    .is_some_and(|(p, _)| crate::instance::process::is_alive(p)));
         let port = if parked {
             // Parked for lack of activity: start it on demand, then serve the call.
             crate::ops::start::resume(&self.manager, &project).await?
