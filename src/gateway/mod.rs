@@ -8,6 +8,7 @@
 //! `auth`; only this module and `mcp` know rmcp, only these and `http_guard` know axum.
 
 pub mod auth;
+pub mod params;
 pub mod servers_file;
 pub mod tools;
 
