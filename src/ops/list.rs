@@ -23,7 +23,12 @@ pub fn list(manager: &Manager) -> Reply {
                 (instance, _) => instance.status_word(),
             };
             let status = match manager.supervision().view(name) {
-                Some(view) if record.desired == crate::state::Desired::Running => view.state,
+                Some(view)
+                    if record.desired == crate::state::Desired::Running
+                        && crate::supervisor::view_agrees(view.state, alive.is_some()) =>
+                {
+                    view.state
+                }
                 _ => status,
             };
             ProjectSummary {

@@ -164,6 +164,9 @@ pub struct Reply {
     pub active_projects: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
+    /// `status`: sessions that were busy when the Instance last crashed or was recycled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_sessions: Option<Vec<String>>,
     /// `status`: how many times the supervisor restarted the Instance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,

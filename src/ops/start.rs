@@ -159,6 +159,7 @@ async fn bootstrap(
             instance: InstanceRecord::Stopped { last_exit: None },
             created_at: crate::timestamp::now(),
             last_health_check: None,
+            interrupted_sessions: Vec::new(),
         };
         if let Err(err) = manager.store().update(|s| {
             s.projects

@@ -42,7 +42,7 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
         .flatten();
     // A start on demand may have just revived a parked Project: the living process wins.
     let status_word = match &view {
-        Some(v) if !(v.state == "idle" && alive.is_some()) => v.state,
+        Some(v) if crate::supervisor::view_agrees(v.state, alive.is_some()) => v.state,
         _ => status_word,
     };
     let mut reply = Reply::new(Status::Ok, format!("Project {project} is {status_word}"))
@@ -55,6 +55,8 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
     });
     reply.opencode_pid = pid;
     reply.restarts = view.map(|v| v.restarts);
+    reply.interrupted_sessions =
+        (!record.interrupted_sessions.is_empty()).then(|| record.interrupted_sessions.clone());
     reply.memory_bytes = pid.map(crate::instance::limits::tree_rss);
     if let (InstanceRecord::Running { started_at, .. }, Some(_)) = (&record.instance, pid) {
         reply.uptime_secs = crate::timestamp::parse(started_at)

@@ -237,6 +237,7 @@ fn project(
         instance,
         created_at,
         last_health_check,
+        interrupted_sessions: Vec::new(),
     })
 }
 
@@ -367,6 +368,7 @@ mod tests {
             instance,
             created_at: created_at.into(),
             last_health_check: None,
+            interrupted_sessions: Vec::new(),
         }
     }
 

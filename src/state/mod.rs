@@ -60,6 +60,10 @@ pub struct ProjectRecord {
     pub created_at: String,
     #[serde(default)]
     pub last_health_check: Option<String>,
+    /// Sessions that were busy when the Instance last crashed or was recycled, so they are
+    /// reported rather than silently stranded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interrupted_sessions: Vec<String>,
 }
 
 /// The user's intent for a Project.

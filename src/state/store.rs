@@ -207,6 +207,7 @@ mod tests {
             instance: InstanceRecord::Stopped { last_exit: None },
             created_at: "2026-11-25T00:00:00Z".into(),
             last_health_check: None,
+            interrupted_sessions: Vec::new(),
         }
     }
 

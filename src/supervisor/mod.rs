@@ -31,6 +31,16 @@ pub struct View {
     pub restarts: u32,
 }
 
+/// Whether the supervisor's view can be shown for an Instance that is (or is not) alive: it lags
+/// the processes by up to a tick, and a reply must never claim a dead process runs, or the reverse.
+pub fn view_agrees(state: &str, alive: bool) -> bool {
+    match state {
+        "running" | "unhealthy" => alive,
+        "idle" | "backoff" => !alive,
+        _ => true,
+    }
+}
+
 /// Shared between the actor (writer) and everyone else (readers).
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -38,6 +48,8 @@ pub struct Shared {
     views: Mutex<HashMap<String, View>>,
     /// Last gateway call per Project, an activity signal for idle parking.
     touched: Mutex<HashMap<String, Instant>>,
+    /// Sessions the last good probe found busy, per Project: what a crash would interrupt.
+    busy: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Shared {
@@ -63,6 +75,21 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .remove(project)
             .is_some()
+    }
+
+    fn set_busy(&self, project: &str, sessions: Vec<String>) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(project.to_owned(), sessions);
+    }
+
+    fn take_busy(&self, project: &str) -> Vec<String> {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(project)
+            .unwrap_or_default()
     }
 
     fn publish(&self, project: &str, view: Option<View>) {
@@ -243,6 +270,11 @@ fn observe(
                 } => how.clone(),
                 _ => "the process is gone".to_owned(),
             };
+            record_interrupted(
+                manager,
+                project,
+                manager.supervision().take_busy(project.as_str()),
+            );
             Observation::Exited { how }
         }
         _ => Observation::Tick,
@@ -322,6 +354,19 @@ fn carry_out(
     }
 }
 
+/// Reports the sessions a crash or recycle interrupted: in the state (shown by `status`) and the log.
+fn record_interrupted(manager: &Manager, project: &ProjectName, sessions: Vec<String>) {
+    if sessions.is_empty() {
+        return;
+    }
+    tracing::warn!(project = %project, sessions = %sessions.join(", "), "these busy sessions were interrupted");
+    let _ = manager.store().update(|s| {
+        if let Some(r) = s.projects.get_mut(project.as_str()) {
+            r.interrupted_sessions = sessions;
+        }
+    });
+}
+
 /// Records the give-up with the log tail, ending a process that is still alive (wedged or over
 /// its memory limit), so that `failed` never hides a running server.
 async fn give_up(manager: &Manager, project: &ProjectName, reason: &str) {
@@ -366,16 +411,24 @@ async fn probe(manager: &Manager, project: &ProjectName) -> Observation {
     };
     let api = InstanceApi::new(port, env.password);
     let ok = api.health(Duration::from_secs(3)).await.is_ok();
-    let busy_sessions = ok
-        && api
-            .call(
-                reqwest::Method::GET,
-                "/session/status",
-                None,
-                Duration::from_secs(3),
-            )
-            .await
-            .is_ok_and(|status| status.as_object().is_some_and(|m| !m.is_empty()));
+    let busy: Vec<String> = if ok {
+        api.call(
+            reqwest::Method::GET,
+            "/session/status",
+            None,
+            Duration::from_secs(3),
+        )
+        .await
+        .ok()
+        .and_then(|status| status.as_object().map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let busy_sessions = !busy.is_empty();
+    if ok {
+        manager.supervision().set_busy(project.as_str(), busy);
+    }
     if ok {
         let now = crate::timestamp::now();
         let _ = manager.store().update(|s| {
@@ -413,10 +466,13 @@ async fn relaunch(
         return Observation::Ready;
     }
     if let Some(reason) = &recycle {
-        let busy = interrupted_sessions(manager, project).await;
-        if !busy.is_empty() {
-            tracing::warn!(project = %project, sessions = %busy.join(", "), "recycling interrupts these busy sessions");
+        // A wedged server may not answer: fall back to what the last good probe saw.
+        let mut busy = interrupted_sessions(manager, project).await;
+        let last_seen = manager.supervision().take_busy(project.as_str());
+        if busy.is_empty() {
+            busy = last_seen;
         }
+        record_interrupted(manager, project, busy);
         let outcome = InstanceRecord::Stopped {
             last_exit: Some(format!(
                 "recycled by the supervisor ({reason}) at {}",

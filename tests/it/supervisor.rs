@@ -82,6 +82,7 @@ fn a_killed_opencode_is_restarted_with_its_sessions_and_a_users_stop_is_final() 
         || {
             let status = home.run(&["status", "p"]);
             status.json["opencode"]["status"] == "running"
+                && status.json["opencode"]["running"] == true
                 && status.json["opencode_pid"].as_i64() != Some(i64::from(pid))
         },
     );
@@ -362,6 +363,20 @@ fn a_crashed_instance_leaves_nothing_its_agent_started() {
         .trim()
         .parse()
         .expect("pid");
+    // Let a health probe see the busy session (it records the check time after it looked).
+    let seen_at = state(&home)["projects"]["p"]["last_health_check"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    wait_until(
+        "a probe after the turn began",
+        Duration::from_secs(30),
+        || {
+            state(&home)["projects"]["p"]["last_health_check"]
+                .as_str()
+                .is_some_and(|t| t > seen_at.as_str())
+        },
+    );
     // The bash tool's command runs in its own session: killing OpenCode alone would orphan it.
     Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -376,8 +391,15 @@ fn a_crashed_instance_leaves_nothing_its_agent_started() {
         || {
             let status = home.run(&["status", "p"]);
             status.json["opencode"]["status"] == "running"
+                && status.json["opencode"]["running"] == true
                 && status.json["opencode_pid"].as_i64() != Some(i64::from(pid))
         },
+    );
+    let status = home.run(&["status", "p"]);
+    assert_eq!(
+        status.json["interrupted_sessions"],
+        json!([id]),
+        "the busy session is reported: {status:?}"
     );
     // Whether the sweep or the kernel ended the child (Bun sometimes takes its children along
     // when it is killed) varies from run to run; what must hold is that nothing survives.
