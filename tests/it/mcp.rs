@@ -706,3 +706,34 @@ fn loopback_ports_redacted(text: &str) -> String {
     out.push_str(rest);
     out
 }
+
+#[test]
+fn a_client_at_the_newest_protocol_is_served_over_stdio_too() {
+    let home = TestHome::real();
+    runtime().block_on(async {
+        let home_path = home.path().to_owned();
+        let transport = TokioChildProcess::new(
+            tokio::process::Command::new(manager_bin()).configure(|cmd| {
+                cmd.args(["serve", "--mode", "stdio"])
+                    .env("OPENCODE_MANAGER_HOME", &home_path)
+                    .env("OPENCODE_BIN", opencode_bin());
+            }),
+        )
+        .expect("spawn serve --mode stdio");
+        let lifecycle = ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::LATEST],
+        };
+        let client = Recorder::default()
+            .serve_with_lifecycle(transport, lifecycle)
+            .await
+            .expect("discover over stdio");
+        assert_eq!(
+            client.peer_info().map(|i| i.protocol_version.clone()),
+            Some(ProtocolVersion::LATEST)
+        );
+        assert_eq!(client.list_all_tools().await.expect("tools/list").len(), 10);
+        let (is_error, reply, _) = call(&client, "opencode_list", json!({}), false).await;
+        assert!(!is_error && reply["status"] == "success", "{reply}");
+        client.cancel().await.expect("close");
+    });
+}
