@@ -31,13 +31,15 @@ pub struct View {
     pub restarts: u32,
 }
 
-/// Whether the supervisor's view can be shown for an Instance that is (or is not) alive: it lags
-/// the processes by up to a tick, and a reply must never claim a dead process runs, or the reverse.
+/// Whether the supervisor's state word should replace the record's in a reply. The record already
+/// says starting, running, idle or failed, and is current; the supervisor adds what the record
+/// cannot say (unhealthy, backoff), shown only while it agrees with the process, since the actor
+/// looks once a second.
 pub fn view_agrees(state: &str, alive: bool) -> bool {
     match state {
-        "running" | "unhealthy" => alive,
-        "idle" | "backoff" => !alive,
-        _ => true,
+        "unhealthy" => alive,
+        "backoff" => !alive,
+        _ => false,
     }
 }
 
