@@ -290,6 +290,21 @@ impl Manager {
             .contains(launch_id)
     }
 
+    /// A client for a Project's Instance (its recorded port and the password in its `.env`).
+    pub(crate) fn instance_api(
+        &self,
+        project: &ProjectName,
+    ) -> Option<crate::instance::api::InstanceApi> {
+        let port = self
+            .store()
+            .snapshot()
+            .projects
+            .get(project.as_str())?
+            .port?;
+        let env = crate::project_env::load(&self.config().paths.env_file(project)).ok()?;
+        Some(crate::instance::api::InstanceApi::new(port, env.password))
+    }
+
     pub fn supervision(&self) -> &crate::supervisor::Shared {
         &self.inner.supervision
     }

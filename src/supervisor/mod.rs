@@ -397,33 +397,14 @@ async fn give_up(manager: &Manager, project: &ProjectName, reason: &str) {
 
 /// A health probe, and whether any session is busy (which counts as activity and delays recycling).
 async fn probe(manager: &Manager, project: &ProjectName) -> Observation {
-    let record = manager
-        .store()
-        .snapshot()
-        .projects
-        .get(project.as_str())
-        .cloned();
-    let (Some(port), Ok(env)) = (
-        record.and_then(|r| r.port),
-        crate::project_env::load(&manager.config().paths.env_file(project)),
-    ) else {
+    let Some(api) = manager.instance_api(project) else {
         // No port or an unreadable .env (a typo being fixed): that says nothing about the
         // server's health, so it is not counted against it.
         return Observation::Tick;
     };
-    let api = InstanceApi::new(port, env.password);
     let ok = api.health(Duration::from_secs(3)).await.is_ok();
-    let busy: Vec<String> = if ok {
-        api.call(
-            reqwest::Method::GET,
-            "/session/status",
-            None,
-            Duration::from_secs(3),
-        )
-        .await
-        .ok()
-        .and_then(|status| status.as_object().map(|m| m.keys().cloned().collect()))
-        .unwrap_or_default()
+    let busy = if ok {
+        busy_sessions(&api).await
     } else {
         Vec::new()
     };
@@ -518,29 +499,24 @@ async fn relaunch(
 
 /// Busy sessions at the moment of a recycle, reported so they are not silently stranded.
 async fn interrupted_sessions(manager: &Manager, project: &ProjectName) -> Vec<String> {
-    let record = manager
-        .store()
-        .snapshot()
-        .projects
-        .get(project.as_str())
-        .cloned();
-    let (Some(port), Ok(env)) = (
-        record.and_then(|r| r.port),
-        crate::project_env::load(&manager.config().paths.env_file(project)),
-    ) else {
-        return Vec::new();
-    };
-    InstanceApi::new(port, env.password)
-        .call(
-            reqwest::Method::GET,
-            "/session/status",
-            None,
-            Duration::from_secs(2),
-        )
-        .await
-        .ok()
-        .and_then(|status| status.as_object().map(|m| m.keys().cloned().collect()))
-        .unwrap_or_default()
+    match manager.instance_api(project) {
+        Some(api) => busy_sessions(&api).await,
+        None => Vec::new(),
+    }
+}
+
+/// The sessions an Instance reports busy (`GET /session/status` lists only those).
+async fn busy_sessions(api: &InstanceApi) -> Vec<String> {
+    api.call(
+        reqwest::Method::GET,
+        "/session/status",
+        None,
+        Duration::from_secs(3),
+    )
+    .await
+    .ok()
+    .and_then(|status| status.as_object().map(|m| m.keys().cloned().collect()))
+    .unwrap_or_default()
 }
 
 /// Stops an idle Instance and records it as parked; the Project stays wanted.

@@ -197,6 +197,30 @@ fn failed(
     Vec::new()
 }
 
+/// Recycles a live but useless Instance (wedged, or over its memory limit): not while a session
+/// is busy (`busy_since`: when that was first seen) until the drain deadline, then at once rather
+/// than after a backoff, counting it as a failure.
+fn recycle(
+    s: &mut Supervised,
+    now: Instant,
+    policy: &Policy,
+    jitter: f64,
+    busy_since: Option<Instant>,
+    reason: String,
+) -> Vec<Action> {
+    if busy_since.is_some_and(|since| now.saturating_duration_since(since) < policy.drain_deadline)
+    {
+        return Vec::new();
+    }
+    let mut actions = failed(s, now, policy, jitter, format!("recycled: {reason}"));
+    if !matches!(s.phase, Phase::Failed { .. }) {
+        s.phase = Phase::Starting;
+        s.restarts += 1;
+        actions.push(Action::Recycle { reason });
+    }
+    actions
+}
+
 /// The policy. `jitter` is a number in [0, 1) drawn by the caller.
 pub fn decide(
     s: &mut Supervised,
@@ -262,20 +286,9 @@ pub fn decide(
             if *failed_probes < policy.wedge_after {
                 return Vec::new();
             }
-            // Wedged: recycle, but not under a busy session until the drain deadline.
-            let drain_start = *draining_since.get_or_insert(now);
-            if *busy && now.saturating_duration_since(drain_start) < policy.drain_deadline {
-                return Vec::new();
-            }
             let reason = format!("no answer to {} health probes in a row", *failed_probes);
-            let mut actions = failed(s, now, policy, jitter, format!("recycled: {reason}"));
-            if !matches!(s.phase, Phase::Failed { .. }) {
-                // Recycle at once rather than after the backoff: the process is alive but useless.
-                s.phase = Phase::Starting;
-                s.restarts += 1;
-                actions.push(Action::Recycle { reason });
-            }
-            actions
+            let busy_since = (*busy).then(|| *draining_since.get_or_insert(now));
+            recycle(s, now, policy, jitter, busy_since, reason)
         }
         (
             Phase::Running {
@@ -285,23 +298,13 @@ pub fn decide(
             },
             Observation::OverMemory { rss, limit },
         ) => {
-            // Recycle only when no session is busy, or once the drain deadline has passed.
-            let drain_start = *draining_since.get_or_insert(now);
-            if *busy && now.saturating_duration_since(drain_start) < policy.drain_deadline {
-                return Vec::new();
-            }
             let reason = format!(
                 "its processes use {} MiB, past the memory limit of {} MiB",
                 rss / (1024 * 1024),
                 limit / (1024 * 1024)
             );
-            let mut actions = failed(s, now, policy, jitter, format!("recycled: {reason}"));
-            if !matches!(s.phase, Phase::Failed { .. }) {
-                s.phase = Phase::Starting;
-                s.restarts += 1;
-                actions.push(Action::Recycle { reason });
-            }
-            actions
+            let busy_since = (*busy).then(|| *draining_since.get_or_insert(now));
+            recycle(s, now, policy, jitter, busy_since, reason)
         }
         (
             Phase::Running {
