@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use super::Manager;
-use crate::instance::api::InstanceApi;
 use crate::instance::process;
 use crate::project::ProjectName;
 use crate::state::InstanceRecord;
@@ -28,16 +27,10 @@ pub async fn on_daemon_start(manager: &Manager) {
             .map(|(_, launch_id)| crate::sandbox::marker(paths, &project, launch_id));
         match record.instance.proc() {
             Some((proc, launch_id)) if process::is_alive(proc) => {
-                let ready = match (&record.instance, record.port) {
+                let ready = match (&record.instance, manager.instance_api(&project)) {
                     (InstanceRecord::Running { .. }, _) => true,
-                    (_, Some(port)) => match crate::project_env::load(&paths.env_file(&project)) {
-                        Ok(env) => InstanceApi::new(port, env.password)
-                            .health(Duration::from_secs(2))
-                            .await
-                            .is_ok(),
-                        Err(_) => false,
-                    },
-                    _ => false,
+                    (_, Some(api)) => api.health(Duration::from_secs(2)).await.is_ok(),
+                    (_, None) => false,
                 };
                 if ready {
                     tracing::info!(project = %project, pid = proc.pid, "adopted running opencode");

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::Manager;
 use super::reply::{OpencodeInfo, ProviderReport, Reply, Status};
-use crate::instance::api::InstanceApi;
 use crate::instance::process;
 use crate::project::ProjectName;
 use crate::state::InstanceRecord;
@@ -79,8 +78,7 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
     reply.mcp_tool_port = Some(mcp_tool_port);
     if let (Some(_), Some(port)) = (alive, record.port) {
         reply.opencode_url = Some(format!("http://127.0.0.1:{port}"));
-        if let Ok(env) = crate::project_env::load(&manager.config().paths.env_file(&project)) {
-            let api = InstanceApi::new(port, env.password);
+        if let Some(api) = manager.instance_api(&project) {
             match api.health(Duration::from_secs(2)).await {
                 Ok(()) => {
                     let now = crate::timestamp::now();

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use super::Manager;
 use super::reply::{ErrorCode, Reply, Status};
-use crate::instance::api::InstanceApi;
 use crate::instance::process;
 use crate::project::ProjectName;
 use crate::state::{Desired, InstanceRecord};
@@ -152,13 +151,8 @@ pub(crate) async fn end_instance(
         was_running = true;
         // Recorded before the signal: the exit watcher then sees another launch and stays quiet.
         record_outcome(&outcome)?;
-        if let (Some(port), Ok(env)) = (
-            record.port,
-            crate::project_env::load(&paths.env_file(project)),
-        ) {
-            let _ = InstanceApi::new(port, env.password)
-                .dispose(Duration::from_secs(2))
-                .await;
+        if let Some(api) = manager.instance_api(project) {
+            let _ = api.dispose(Duration::from_secs(2)).await;
         }
         let marker = crate::sandbox::marker(paths, project, launch_id);
         let report = process::terminate(proc, &marker, GRACE).await;
