@@ -48,34 +48,83 @@ pub async fn connect(paths: &Paths) -> anyhow::Result<UnixStream> {
 }
 
 /// Sends one request; `on_progress` sees each step; returns the final frame.
+///
+/// A daemon that dies before it answers anything (a killed daemon's socket can still accept a
+/// connection for a moment, then reset it) is replaced and the request sent once more: nothing
+/// was done for it, and every operation is safe to repeat.
 pub async fn request(
     paths: &Paths,
     envelope: &Envelope,
     mut on_progress: impl FnMut(&str),
 ) -> anyhow::Result<Frame> {
-    let stream = connect(paths).await?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match send_once(paths, envelope, &mut on_progress).await {
+            Err(Attempt::NoAnswer(err)) if attempts < 3 => {
+                tracing::debug!("the daemon went away before answering ({err:#}); trying again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Attempt::NoAnswer(err) | Attempt::Failed(err)) => return Err(err),
+            Ok(frame) => return Ok(frame),
+        }
+    }
+}
+
+enum Attempt {
+    /// The connection ended before the first frame: the request was not handled.
+    NoAnswer(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+async fn send_once(
+    paths: &Paths,
+    envelope: &Envelope,
+    on_progress: &mut impl FnMut(&str),
+) -> Result<Frame, Attempt> {
+    let stream = connect(paths).await.map_err(Attempt::Failed)?;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(envelope)?;
+    let mut line = serde_json::to_vec(envelope).map_err(|e| Attempt::Failed(e.into()))?;
     line.push(b'\n');
-    write
-        .write_all(&line)
-        .await
-        .context("sending the request to the daemon")?;
+    write.write_all(&line).await.map_err(|e| {
+        Attempt::NoAnswer(anyhow::Error::from(e).context("sending the request to the daemon"))
+    })?;
     let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines
-        .next_line()
-        .await
-        .context("reading the daemon's answer")?
-    {
-        match serde_json::from_str::<Frame>(&line).context("decoding the daemon's answer")? {
+    let mut answered = false;
+    loop {
+        let next = lines.next_line().await;
+        let line = match next {
+            Ok(Some(line)) => line,
+            Ok(None) if !answered => {
+                return Err(Attempt::NoAnswer(anyhow::anyhow!(
+                    "the daemon closed the connection without answering"
+                )));
+            }
+            Ok(None) => {
+                return Err(Attempt::Failed(anyhow::anyhow!(
+                    "the daemon closed the connection without answering; see {}",
+                    paths.manager_log().display()
+                )));
+            }
+            Err(err) if !answered => {
+                return Err(Attempt::NoAnswer(
+                    anyhow::Error::from(err).context("reading the daemon's answer"),
+                ));
+            }
+            Err(err) => {
+                return Err(Attempt::Failed(
+                    anyhow::Error::from(err).context("reading the daemon's answer"),
+                ));
+            }
+        };
+        answered = true;
+        match serde_json::from_str::<Frame>(&line).map_err(|e| {
+            Attempt::Failed(anyhow::Error::from(e).context("decoding the daemon's answer"))
+        })? {
             Frame::Progress(step) => on_progress(&step),
             frame => return Ok(frame),
         }
     }
-    bail!(
-        "the daemon closed the connection without answering; see {}",
-        paths.manager_log().display()
-    )
 }
 
 /// Starts a daemon; the receiver learns whether it exited (with success) while the client waits.
