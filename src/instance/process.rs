@@ -35,17 +35,22 @@ pub struct LaunchSpec {
 
 /// Reads a process's identity; `None` if it does not exist or is a zombie (already dead).
 pub fn identity(pid: i32) -> Option<ProcIdentity> {
+    match stat_identity(pid)? {
+        (id, false) => Some(id),
+        (_, true) => None,
+    }
+}
+
+/// The identity in `/proc/<pid>/stat` and whether the process has already exited (a zombie).
+fn stat_identity(pid: i32) -> Option<(ProcIdentity, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses; fields after the last ')' are fixed.
     let after_comm = &stat[stat.rfind(')')? + 1..];
     let mut fields = after_comm.split_whitespace();
-    let state = fields.next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
+    let exited = matches!(fields.next()?, "Z" | "X");
     // `state` was field 3; start time is field 22, i.e. 19 fields further on.
     let start_ticks = fields.nth(18)?.parse().ok()?;
-    Some(ProcIdentity { pid, start_ticks })
+    Some((ProcIdentity { pid, start_ticks }, exited))
 }
 
 /// Whether the recorded process is still the same, living process.
@@ -101,7 +106,9 @@ pub fn spawn_detached(spec: &LaunchSpec) -> io::Result<(tokio::process::Child, P
         .id()
         .and_then(|p| i32::try_from(p).ok())
         .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
-    let id = identity(pid).ok_or_else(|| {
+    // A child that already exited is still our unreaped zombie, so its identity is readable; the
+    // caller then learns its exit status (and log) from `child` rather than a vague error.
+    let (id, _) = stat_identity(pid).ok_or_else(|| {
         io::Error::other(format!(
             "process {pid} exited before it could be identified"
         ))
