@@ -369,19 +369,28 @@ fn record_interrupted(manager: &Manager, project: &ProjectName, sessions: Vec<St
     });
 }
 
-/// Records the give-up with the log tail, ending a process that is still alive (wedged or over
-/// its memory limit), so that `failed` never hides a running server.
-async fn give_up(manager: &Manager, project: &ProjectName, reason: &str) {
-    let _guard = manager.lock_project(project).await;
-    let wanted = manager
+/// Takes the Project's lock and returns its record, unless the user no longer wants it running
+/// (a stop may have come while the task waited): the supervisor never undoes a user's stop.
+async fn lock_if_wanted(
+    manager: &Manager,
+    project: &ProjectName,
+) -> Option<(tokio::sync::OwnedMutexGuard<()>, ProjectRecord)> {
+    let guard = manager.lock_project(project).await;
+    let record = manager
         .store()
         .snapshot()
         .projects
         .get(project.as_str())
-        .is_some_and(|r| r.desired == Desired::Running);
-    if !wanted {
+        .cloned()?;
+    (record.desired == Desired::Running).then_some((guard, record))
+}
+
+/// Records the give-up with the log tail, ending a process that is still alive (wedged or over
+/// its memory limit), so that `failed` never hides a running server.
+async fn give_up(manager: &Manager, project: &ProjectName, reason: &str) {
+    let Some((_guard, _)) = lock_if_wanted(manager, project).await else {
         return;
-    }
+    };
     let tail =
         crate::logs::tail(&manager.config().paths.project_log(project), 10).unwrap_or_default();
     tracing::error!(project = %project, "supervisor gave up: {reason}");
@@ -430,14 +439,7 @@ async fn relaunch(
     project: &ProjectName,
     recycle: Option<String>,
 ) -> Observation {
-    let _guard = manager.lock_project(project).await;
-    let record = manager
-        .store()
-        .snapshot()
-        .projects
-        .get(project.as_str())
-        .cloned();
-    let Some(record) = record.filter(|r| r.desired == Desired::Running) else {
+    let Some((_guard, record)) = lock_if_wanted(manager, project).await else {
         return Observation::Tick;
     };
     let alive = record
@@ -521,16 +523,9 @@ async fn busy_sessions(api: &InstanceApi) -> Vec<String> {
 
 /// Stops an idle Instance and records it as parked; the Project stays wanted.
 async fn park(manager: &Manager, project: &ProjectName) {
-    let _guard = manager.lock_project(project).await;
-    let wanted = manager
-        .store()
-        .snapshot()
-        .projects
-        .get(project.as_str())
-        .is_some_and(|r| r.desired == Desired::Running);
-    if !wanted {
+    let Some((_guard, _)) = lock_if_wanted(manager, project).await else {
         return;
-    }
+    };
     tracing::info!(project = %project, "parking idle opencode; the gateway starts it again on demand");
     let outcome = InstanceRecord::Idle {
         since: crate::timestamp::now(),
