@@ -151,8 +151,51 @@ struct FileConfig {
     memory_budget: Option<String>,
     supervisor_probe_interval_secs: Option<u64>,
     supervisor_backoff_base_ms: Option<u64>,
+    isolation: Option<IsolationMode>,
+    #[serde(default)]
+    isolation_paths: Vec<PathBuf>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
     #[serde(default)]
     instance_env: BTreeMap<String, String>,
+}
+
+/// The top-level keys of the config file. A key with one of these names under `[instance_env]`
+/// was almost certainly meant for the top level (TOML puts every key after a table header into
+/// that table), so it is warned about.
+const TOP_LEVEL_KEYS: [&str; 19] = [
+    "opencode_bin",
+    "port_min",
+    "port_max",
+    "gateway_port",
+    "linger_secs",
+    "ready_timeout_secs",
+    "allow_https",
+    "allow_file",
+    "seed_plugin_stub",
+    "idle_timeout_secs",
+    "memory_max",
+    "cpu_max",
+    "tasks_max",
+    "memory_budget",
+    "supervisor_probe_interval_secs",
+    "supervisor_backoff_base_ms",
+    "isolation",
+    "isolation_paths",
+    "allowed_hosts",
+];
+
+/// Whether Instances are confined (`isolation` in the config file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationMode {
+    /// Confine with Landlock where the kernel offers it; otherwise start anyway, with a warning.
+    #[default]
+    Auto,
+    /// Refuse to start an Instance that cannot be confined (`isolation_unavailable`).
+    Required,
+    /// Never confine (for debugging an agent that needs more; every start warns).
+    Off,
 }
 
 /// Daemon-wide settings, validated once.
@@ -178,6 +221,13 @@ pub struct Config {
     pub supervision: crate::supervisor::policy::Policy,
     /// Extra, non-secret variables for every Instance (for example `OPENCODE_DISABLE_MODELS_FETCH`).
     pub instance_env: BTreeMap<String, String>,
+    pub isolation: IsolationMode,
+    /// Extra directories an Instance may read and execute from (tools outside the system paths).
+    pub isolation_paths: Vec<PathBuf>,
+    /// Host names the HTTP front doors answer to besides the loopback names and the bound address.
+    pub allowed_hosts: Vec<String>,
+    /// Problems in the config file that did not stop it from loading, for `doctor` and the log.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -211,10 +261,34 @@ impl Config {
             Some(p) => u16::try_from(p).context("GLOBAL_MCP_TOOL_PORT is not a port number")?,
             None => file.gateway_port.unwrap_or(3005),
         };
+        let mut warnings = Vec::new();
         for key in file.instance_env.keys() {
             if !crate::envfile::valid_key(key) {
                 bail!(
                     "instance_env key {key:?} in {} is not a valid variable name",
+                    path.display()
+                );
+            }
+            if TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                warnings.push(format!(
+                    "{key} in {} is under [instance_env], so it is passed to every instance as a variable and not used as a setting; move it above the [instance_env] line",
+                    path.display()
+                ));
+            }
+        }
+        for dir in &file.isolation_paths {
+            if !dir.is_absolute() {
+                bail!(
+                    "isolation_paths entry {} in {} must be an absolute path",
+                    dir.display(),
+                    path.display()
+                );
+            }
+        }
+        for host in &file.allowed_hosts {
+            if host.is_empty() || host.contains(['/', ' ', '@']) {
+                bail!(
+                    "allowed_hosts entry {host:?} in {} is not a host name",
                     path.display()
                 );
             }
@@ -267,7 +341,54 @@ impl Config {
                 }
             },
             instance_env: file.instance_env,
+            isolation: file.isolation.unwrap_or_default(),
+            isolation_paths: file.isolation_paths,
+            allowed_hosts: file.allowed_hosts,
+            warnings,
             paths,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("opencode-manager.toml"), toml).expect("write");
+        Config::load(Paths::new(dir.path().to_owned()))
+    }
+
+    #[test]
+    fn a_top_level_key_below_instance_env_is_warned_about() {
+        let config = load("port_min = 4100\n[instance_env]\nmemory_max = \"2G\"\nFOO = \"1\"\n")
+            .expect("loads");
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(
+            config.warnings[0].starts_with("memory_max in "),
+            "{:?}",
+            config.warnings
+        );
+        assert_eq!(config.limits.memory_bytes, None);
+        assert!(
+            load("memory_max = \"2G\"\n")
+                .expect("loads")
+                .warnings
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn isolation_settings_are_read_and_checked() {
+        let config = load("isolation = \"required\"\nisolation_paths = [\"/opt/tools\"]\nallowed_hosts = [\"ocm.lan\"]\n")
+            .expect("loads");
+        assert_eq!(config.isolation, IsolationMode::Required);
+        assert_eq!(config.isolation_paths, [PathBuf::from("/opt/tools")]);
+        assert_eq!(config.allowed_hosts, ["ocm.lan"]);
+        assert_eq!(load("").expect("loads").isolation, IsolationMode::Auto);
+        assert!(load("isolation = \"sometimes\"\n").is_err());
+        assert!(load("isolation_paths = [\"relative\"]\n").is_err());
+        assert!(load("allowed_hosts = [\"http://x/\"]\n").is_err());
     }
 }

@@ -28,3 +28,4 @@ pub mod http_guard;
 pub mod logs;
 pub mod secrets;
 pub mod timestamp;
+pub mod trust;

@@ -1,15 +1,17 @@
 //! A Project's Sandbox on disk and the environment its Instance runs with.
 //!
 //! Owns the directory layout under `opencode-sandboxes/<project>/` (0700 directories, the sandbox
-//! `.gitignore`, the Instance's private HOME/XDG/TMPDIR roots) and the Instance environment, which is
+//! `.gitignore`, the Instance's private HOME/XDG/TMPDIR roots), the Instance environment, which is
 //! built from an allowlist: every process the agent starts inherits it, so it holds nothing the agent
-//! may not see (no gateway token, no other Project's secret).
+//! may not see (no gateway token, no other Project's secret), and what the Instance may reach on
+//! disk ([`confinement_plan`]) and whether it is confined at all ([`confine`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::atomic_file;
-use crate::config::{Config, OPENCODE_VERSION, Paths};
+use crate::config::{Config, IsolationMode, OPENCODE_VERSION, Paths};
+use crate::instance::confine::{self, Confinement, Isolation, Plan, Support};
 use crate::instance::process::MARKER_VAR;
 use crate::project::ProjectName;
 use crate::secrets::Secret;
@@ -88,6 +90,24 @@ impl InstanceDirs {
             }
         }
         Ok(())
+    }
+}
+
+impl InstanceDirs {
+    /// Empties TMPDIR before a launch: nothing of a previous run is needed there, and Bun extracts
+    /// about 5 MB of native libraries into it at every start.
+    pub fn clear_tmp(&self) {
+        for entry in std::fs::read_dir(&self.tmp)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            let path = entry.path();
+            let _ = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
+        }
     }
 }
 
@@ -174,6 +194,85 @@ pub fn instance_env(
     ));
     env.push((MARKER_VAR.into(), spec.marker.to_owned()));
     dedupe_last_wins(env)
+}
+
+/// What a confined process of a Project needs beyond its own directories.
+pub struct Reach<'a> {
+    /// The deploy key (its `.pub` and the manager's `known_hosts` come with it).
+    pub key: &'a Path,
+    /// The agent's program: its directory is readable and executable.
+    pub program: Option<&'a Path>,
+    /// The `PATH` the process gets; its directories are readable and executable where safe.
+    pub path_var: Option<&'a str>,
+    /// The one TCP port the process may bind.
+    pub bind_port: Option<u16>,
+}
+
+/// What a process of `project` may reach: its `repo/` and `instance/` read-write, its deploy key
+/// and `known_hosts` read-only, the agent's installation, `PATH` and `isolation_paths` read and
+/// execute. Nothing else under the home.
+pub fn confinement_plan(config: &Config, project: &ProjectName, reach: &Reach<'_>) -> Plan {
+    let paths = &config.paths;
+    let mut plan = Plan {
+        home: paths.home().to_owned(),
+        read_write: vec![paths.repo_dir(project), paths.instance_dir(project)],
+        read_files: vec![reach.key.to_owned()],
+        read_exec: Vec::new(),
+        program: None,
+        bind_port: reach.bind_port,
+    };
+    let public_key = PathBuf::from(format!("{}.pub", reach.key.display()));
+    for optional in [public_key, paths.known_hosts()] {
+        if optional.is_file() {
+            plan.read_files.push(optional);
+        }
+    }
+    if let Some(program) = reach.program.and_then(|p| std::fs::canonicalize(p).ok()) {
+        // The program's directory (a native binary may read files beside it); if that directory
+        // holds the home, only the program itself.
+        let home = std::fs::canonicalize(paths.home()).unwrap_or_else(|_| paths.home().to_owned());
+        plan.program = match program.parent() {
+            Some(dir) if !home.starts_with(dir) => Some(dir.to_owned()),
+            _ => Some(program),
+        };
+    }
+    if let Some(path_var) = reach.path_var {
+        plan.read_exec.extend(plan.path_dirs(path_var));
+    }
+    plan.read_exec
+        .extend(config.isolation_paths.iter().cloned());
+    plan
+}
+
+/// Decides how a process is confined under the configured `isolation` mode and what the kernel
+/// offers. `Err` (with the reason) when `isolation = "required"` cannot be met or the ruleset
+/// cannot be built: a process is never started less confined than the operator asked.
+pub fn confine(config: &Config, support: &Support, plan: &Plan) -> Result<Confinement, String> {
+    match (config.isolation, support) {
+        (IsolationMode::Off, _) => Ok(Confinement::disabled(
+            "isolation = \"off\" in opencode-manager.toml".into(),
+        )),
+        (_, Support::Landlock { abi }) => confine::prepare(*abi, plan).map_err(|e| e.to_string()),
+        (IsolationMode::Required, Support::Unavailable { reason }) => Err(format!(
+            "{reason}; isolation = \"required\" in opencode-manager.toml refuses to run an agent unconfined"
+        )),
+        (IsolationMode::Auto, Support::Unavailable { reason }) => {
+            Ok(Confinement::caps_only(reason.clone()))
+        }
+    }
+}
+
+/// The isolation a start would get now, for `doctor`.
+pub fn expected_isolation(config: &Config, support: &Support) -> Isolation {
+    match (config.isolation, support) {
+        (IsolationMode::Off, _) => Isolation::None {
+            reason: "isolation = \"off\" in opencode-manager.toml".into(),
+        },
+        (_, Support::Landlock { abi }) => Isolation::Landlock { abi: *abi },
+        (_, Support::Unavailable { reason }) => Isolation::None {
+            reason: reason.clone(),
+        },
+    }
 }
 
 fn dedupe_last_wins(env: Vec<(String, String)>) -> Vec<(String, String)> {

@@ -2,6 +2,7 @@
 //! environment), then `PATH`, then the manager's own copy, installed with npm on first need.
 //!
 //! The only module that runs npm. It never installs anything outside `<home>/opencode-runtime`.
+//! It also asks a program its version (`--version`), which gates the launch to OpenCode 1.x.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -106,6 +107,48 @@ pub async fn install(paths: &Paths) -> Result<PathBuf, NotFound> {
     }
 }
 
+/// The first line `program --version` prints, with a clean environment and a timeout.
+pub async fn version(program: &Path) -> Result<String, String> {
+    #[allow(clippy::disallowed_methods)]
+    let mut command = tokio::process::Command::new(program);
+    command
+        .arg("--version")
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .map_err(|_| format!("{} --version did not answer within 30 s", program.display()))?
+        .map_err(|err| format!("running {} --version: {err}", program.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+    match (output.status.success(), line) {
+        (true, Some(line)) => Ok(line.to_owned()),
+        _ => Err(format!(
+            "{} --version printed no version ({})",
+            program.display(),
+            output.status
+        )),
+    }
+}
+
+/// The major version this manager drives: OpenCode 2 changed its server API.
+pub const SUPPORTED_MAJOR: u64 = 1;
+
+/// Whether a `--version` line names a supported OpenCode (`1.18.33`, `v1.2.0`, `1.18.33-fake`).
+pub fn is_supported(version: &str) -> bool {
+    let digits: String = version
+        .trim()
+        .trim_start_matches('v')
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse::<u64>() == Ok(SUPPORTED_MAJOR)
+}
+
 fn resolve(bin: &Path) -> Option<PathBuf> {
     if bin.components().count() == 1 && !bin.is_absolute() {
         return search_path(&bin.to_string_lossy());
@@ -123,4 +166,19 @@ fn search_path(name: &str) -> Option<PathBuf> {
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_opencode_1_is_supported() {
+        for v in ["1.18.33", "v1.2.0", "1.18.33-fake", " 1.0.0\n"] {
+            assert!(is_supported(v), "{v}");
+        }
+        for v in ["2.0.15", "0.9.1", "10.1.0", "opencode", ""] {
+            assert!(!is_supported(v), "{v}");
+        }
+    }
 }

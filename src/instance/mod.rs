@@ -1,11 +1,12 @@
 //! An Instance is one running `opencode serve` of a Project. This module groups what touches it:
-//! finding the program (`binary`), choosing its port (`ports`), spawning, identifying and stopping
-//! its processes (`process`), and talking to its HTTP API (`api`). The lifecycle decisions are made
-//! in `ops`; nothing here reads or writes the state file.
+//! finding the program (`binary`), choosing its port (`ports`), confining it (`confine`),
+//! spawning, identifying and stopping its processes (`process`), and talking to its HTTP API
+//! (`api`). The lifecycle decisions are made in `ops`; nothing here reads or writes the state file.
 
 pub mod api;
 pub mod binary;
 pub mod cgroupfs;
+pub mod confine;
 pub mod limits;
 pub mod ports;
 pub mod process;

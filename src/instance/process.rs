@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 
+use super::confine::{self, Confinement};
 use crate::state::ProcIdentity;
 
 /// The environment variable every process of an Instance inherits.
@@ -67,8 +68,12 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
 }
 
 /// Starts an Instance in its own session and process group, logging stdout and stderr to its log
-/// file, so it outlives the daemon. Returns the child (to learn its exit) and its identity.
-pub fn spawn_detached(spec: &LaunchSpec) -> io::Result<(tokio::process::Child, ProcIdentity)> {
+/// file, so it outlives the daemon, and confined as `confinement` says (applied in the child after
+/// the session and the limits). Returns the child (to learn its exit) and its identity.
+pub fn spawn_detached(
+    spec: &LaunchSpec,
+    confinement: Confinement,
+) -> io::Result<(tokio::process::Child, ProcIdentity)> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -99,6 +104,7 @@ pub fn spawn_detached(spec: &LaunchSpec) -> io::Result<(tokio::process::Child, P
             });
         }
     }
+    confine::install(&mut command, confinement);
     let child = tokio::process::Command::from(command)
         .kill_on_drop(false)
         .spawn()?;
@@ -296,7 +302,8 @@ mod tests {
             log: dir.path().join("log"),
             rlimits: Vec::new(),
         };
-        let (mut child, id) = spawn_detached(&spec).expect("spawn");
+        let (mut child, id) =
+            spawn_detached(&spec, Confinement::disabled("a test".into())).expect("spawn");
         assert!(
             wait_for(
                 || read_pid_file(&child_pid_file).is_some(),

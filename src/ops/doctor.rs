@@ -69,7 +69,8 @@ pub async fn doctor(manager: &Manager) -> Reply {
                 "npm: {why} (needed only when opencode must be installed)"
             )),
         },
-        home_check(config.paths.home()),
+        home_check(&config.paths),
+        isolation_check(manager),
         fine({
             let kind = match detection.mechanism {
                 Mechanism::Systemd => "systemd",
@@ -79,6 +80,11 @@ pub async fn doctor(manager: &Manager) -> Reply {
             format!("limits: {kind} ({})", detection.reason)
         }),
     ];
+    let warnings = config
+        .warnings
+        .iter()
+        .map(|w| problem(format!("config: {w}")));
+    let checks: Vec<Check> = checks.into_iter().chain(warnings).collect();
     let problems = checks.iter().filter(|c| c.problem).count();
     let mut reply = Reply::new(
         Status::Success,
@@ -135,8 +141,24 @@ async fn opencode_check(manager: &Manager, npm_present: bool) -> Check {
     }
 }
 
+/// How a start would confine an Instance now: `isolation: landlock ABI <n>` or `isolation: none (…)`.
+fn isolation_check(manager: &Manager) -> Check {
+    let isolation =
+        crate::sandbox::expected_isolation(manager.config(), manager.isolation_support());
+    let line = format!("isolation: {}", isolation.describe());
+    if isolation.is_confined() {
+        fine(line)
+    } else {
+        problem(line)
+    }
+}
+
 /// The home must belong to the daemon's user and be closed to others (it holds keys and passwords).
-fn home_check(home: &Path) -> Check {
+fn home_check(paths: &crate::config::Paths) -> Check {
+    if let Err(err) = crate::trust::check_home(paths) {
+        return problem(format!("home: unsafe: {err} ({})", err.fix));
+    }
+    let home = paths.home();
     let shown = home.display();
     let metadata = match std::fs::metadata(home) {
         Ok(metadata) => metadata,
@@ -218,7 +240,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .expect("chmod");
-        let check = home_check(dir.path());
+        let paths = |p: &Path| crate::config::Paths::new(p.to_owned());
+        let check = home_check(&paths(dir.path()));
         assert!(
             !check.problem && check.line.ends_with("(mode 0700)"),
             "{}",
@@ -226,13 +249,21 @@ mod tests {
         );
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
-        let check = home_check(dir.path());
+        let check = home_check(&paths(dir.path()));
         assert!(
             check.problem && check.line.contains("chmod 700"),
             "{}",
             check.line
         );
-        let check = home_check(&dir.path().join("missing"));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let check = home_check(&paths(dir.path()));
+        assert!(
+            check.problem && check.line.contains("unsafe") && check.line.contains("chmod go-w"),
+            "{}",
+            check.line
+        );
+        let check = home_check(&paths(&dir.path().join("missing")));
         assert!(
             check.problem && check.line.contains("cannot be read"),
             "{}",
@@ -248,8 +279,15 @@ mod tests {
         let manager = Manager::open(config).expect("manager");
         let reply = doctor(&manager).await;
         let items = reply.items.clone().expect("items");
-        assert_eq!(items.len(), 6, "{items:?}");
-        for prefix in ["opencode: ", "git: ", "ssh: ", "npm: ", "home: "] {
+        assert_eq!(items.len(), 7, "{items:?}");
+        for prefix in [
+            "opencode: ",
+            "git: ",
+            "ssh: ",
+            "npm: ",
+            "home: ",
+            "isolation: ",
+        ] {
             assert!(
                 items.iter().any(|i| i.starts_with(prefix)),
                 "{prefix} in {items:?}"
@@ -268,7 +306,7 @@ mod tests {
         );
         let message = reply.message.expect("message");
         assert!(
-            message.starts_with("6 checks, ") && message.ends_with(" problems"),
+            message.starts_with("7 checks, ") && message.ends_with(" problems"),
             "{message}"
         );
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::reply::{ErrorCode, ProviderReport, Reply};
 use super::{Manager, Progress};
 use crate::instance::api::InstanceApi;
+use crate::instance::confine::Isolation;
 use crate::instance::process::{self, LaunchSpec};
 use crate::instance::{binary, ports};
 use crate::project::ProjectName;
@@ -22,6 +23,8 @@ use crate::state::{Desired, InstanceRecord};
 pub(crate) struct Launched {
     pub port: u16,
     pub provider: Option<ProviderReport>,
+    /// How it is confined; callers warn when it is not.
+    pub isolation: Isolation,
 }
 
 const LISTENING: &str = "opencode server listening on";
@@ -46,6 +49,8 @@ pub(crate) async fn launch(
     let dirs = InstanceDirs::of(paths, project);
     dirs.create(config.seed_plugin_stub)
         .map_err(|err| internal(format!("creating the instance directories: {err}")))?;
+    // TMPDIR is the Instance's own; Bun leaves ~5 MB of extracted libraries there per start.
+    dirs.clear_tmp();
     let launch_id = crate::secrets::random_id();
     let marker = sandbox::marker(paths, project, &launch_id);
     let env_vars = sandbox::instance_env(
@@ -85,14 +90,38 @@ pub(crate) async fn launch(
             Vec::new()
         },
     };
-    let (mut child, proc) = process::spawn_detached(&spec).map_err(|err| {
+    let path_var = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
+    let plan = sandbox::confinement_plan(
+        config,
+        project,
+        &sandbox::Reach {
+            key: &env.ssh_key_path,
+            program: Some(&spec.program),
+            path_var,
+            bind_port: Some(port),
+        },
+    );
+    let confinement =
+        sandbox::confine(config, manager.isolation_support(), &plan).map_err(|reason| {
+            Reply::error(
+                ErrorCode::IsolationUnavailable,
+                format!("cannot confine the instance of {project}: {reason}"),
+                "see docs/security.md; run opencode-manager doctor to see what this machine offers",
+            )
+        })?;
+    let isolation = confinement.isolation.clone();
+    let (mut child, proc) = process::spawn_detached(&spec, confinement).map_err(|err| {
         Reply::error(
             ErrorCode::OpencodeStartFailed,
             format!("could not start {}: {err}", spec.program.display()),
             "check OPENCODE_BIN and the log",
         )
     })?;
-    tracing::info!(project = %project, pid = proc.pid, port, "spawned opencode");
+    tracing::info!(project = %project, pid = proc.pid, port, isolation = %isolation.describe(), "spawned opencode");
     let cgroup = if limits.is_empty() {
         None
     } else {
@@ -118,6 +147,7 @@ pub(crate) async fn launch(
         .update(|s| {
             if let Some(r) = s.projects.get_mut(project.as_str()) {
                 r.port = Some(port);
+                r.isolation = Some(isolation.describe());
                 r.desired = Desired::Running;
                 r.instance = InstanceRecord::Starting {
                     proc,
@@ -171,7 +201,22 @@ pub(crate) async fn launch(
             providers: info.providers,
             model: info.default_model,
         });
-    Ok(Launched { port, provider })
+    Ok(Launched {
+        port,
+        provider,
+        isolation,
+    })
+}
+
+/// Warns when an Instance runs unconfined: its agent can then read every Project's secrets.
+pub(crate) fn isolation_warning(reply: Reply, isolation: &Isolation) -> Reply {
+    match isolation {
+        Isolation::Landlock { .. } => reply,
+        Isolation::None { reason } => reply.warn(format!(
+            "the agent runs without isolation ({reason}): it can read other projects' .env files, keys and the manager's tokens; \
+             set isolation = \"required\" in opencode-manager.toml to refuse such starts (see docs/security.md)"
+        )),
+    }
 }
 
 /// Picks the Instance's port and records it, under the manager's port lock so two Projects starting
@@ -309,7 +354,43 @@ fn check_budget(
     ))
 }
 
+/// Finds the agent program (installing the managed copy on first need), refuses one another user
+/// could have replaced, and refuses a major version this manager cannot drive.
 async fn resolve_program(
+    manager: &Manager,
+    env: &ProjectEnv,
+    progress: &Progress,
+) -> Result<std::path::PathBuf, Reply> {
+    let program = find_program(manager, env, progress).await?;
+    crate::trust::check_program(&program).map_err(|err| {
+        Reply::error(
+            ErrorCode::OpencodeUntrusted,
+            format!("refusing to run {}: {err}", program.display()),
+            err.fix,
+        )
+    })?;
+    let version = manager
+        .program_version(&program)
+        .await
+        .map_err(|why| Reply::error(ErrorCode::OpencodeStartFailed, why, "check OPENCODE_BIN"))?;
+    if !binary::is_supported(&version) {
+        return Err(Reply::error(
+            ErrorCode::OpencodeUnsupported,
+            format!(
+                "{} is OpenCode {version}; this manager drives OpenCode {}.x (OpenCode 2 changed its server API)",
+                program.display(),
+                binary::SUPPORTED_MAJOR
+            ),
+            format!(
+                "point OPENCODE_BIN at OpenCode 1.x, or remove OPENCODE_BIN (and any opencode 2 on PATH) so the manager installs its managed copy, opencode-ai@{}",
+                crate::config::OPENCODE_VERSION
+            ),
+        ));
+    }
+    Ok(program)
+}
+
+async fn find_program(
     manager: &Manager,
     env: &ProjectEnv,
     progress: &Progress,

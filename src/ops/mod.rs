@@ -124,6 +124,11 @@ struct Inner {
     watched: Mutex<std::collections::HashSet<String>>,
     /// Which limit mechanism this machine offers, found on first need (it may run a probe).
     limit_mechanism: tokio::sync::OnceCell<crate::instance::limits::Detection>,
+    /// What Landlock this kernel offers, asked once at open.
+    isolation_support: crate::instance::confine::Support,
+    /// `--version` of each agent program, keyed by its path and modification time, so each
+    /// binary is asked once (an upgrade in place is asked again).
+    versions: Mutex<HashMap<(std::path::PathBuf, i64), String>>,
     /// The limits each running Instance got, with the cgroup that enforces them (if any).
     enforced: Mutex<HashMap<String, Enforcement>>,
 }
@@ -149,6 +154,8 @@ impl Manager {
                 supervision: crate::supervisor::Shared::default(),
                 watched: Mutex::default(),
                 limit_mechanism: tokio::sync::OnceCell::new(),
+                isolation_support: crate::instance::confine::detect(),
+                versions: Mutex::default(),
                 enforced: Mutex::default(),
             }),
         })
@@ -219,6 +226,39 @@ impl Manager {
                     })
             })
             .await
+    }
+
+    /// What Landlock the kernel offers this daemon.
+    pub fn isolation_support(&self) -> &crate::instance::confine::Support {
+        &self.inner.isolation_support
+    }
+
+    /// A program's version, asked once per binary (path and modification time).
+    pub(crate) async fn program_version(
+        &self,
+        program: &std::path::Path,
+    ) -> Result<String, String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let key = (
+            program.to_owned(),
+            std::fs::metadata(program).map_or(0, |m| m.mtime()),
+        );
+        if let Some(version) = self
+            .inner
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(version.clone());
+        }
+        let version = crate::instance::binary::version(program).await?;
+        self.inner
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, version.clone());
+        Ok(version)
     }
 
     /// Remembers the limits (and cgroup) of a Project's current Instance.

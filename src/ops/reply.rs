@@ -47,6 +47,17 @@ pub enum ErrorCode {
     GatewayNotRunning,
     NoActiveProjects,
     OverBudget,
+    // Plain comments, not docs: documented variants would turn the schema's enum into a `oneOf`.
+    // The home, a directory under it or its config could have been written by another user.
+    HomeUnsafe,
+    // A `.env` file over 64 KiB.
+    EnvTooLarge,
+    // `isolation = "required"` and the Instance cannot be confined.
+    IsolationUnavailable,
+    // The agent program is a major version this manager cannot drive (OpenCode 2).
+    OpencodeUnsupported,
+    // The agent program lies where another user could have replaced it.
+    OpencodeUntrusted,
     Internal,
 }
 
@@ -170,6 +181,9 @@ pub struct Reply {
     /// `status`: how many times the supervisor restarted the Instance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// `status`: how the Instance is confined (`landlock ABI 7`, or `none (<reason>)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
     /// `status`: resident memory of the Instance's main process, in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,

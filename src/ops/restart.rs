@@ -73,6 +73,7 @@ pub async fn restart(
     );
     reply.provider = launched.provider.clone();
     let reply = start::provider_warning(reply, launched.provider.as_ref(), manager);
+    let reply = launch::isolation_warning(reply, &launched.isolation);
     manager
         .sync_gateway(reply, crate::gateway::Trigger::Open)
         .with_project(project.as_str())

@@ -160,6 +160,7 @@ async fn bootstrap(
             created_at: crate::timestamp::now(),
             last_health_check: None,
             interrupted_sessions: Vec::new(),
+            isolation: None,
         };
         if let Err(err) = manager.store().update(|s| {
             s.projects
@@ -275,6 +276,7 @@ async fn bootstrap(
     );
     reply.provider = launched.provider.clone();
     reply = provider_warning(reply, launched.provider.as_ref(), manager);
+    reply = launch::isolation_warning(reply, &launched.isolation);
     debug_assert_eq!(reply.opencode_port, Some(launched.port));
     let reply = manager.sync_gateway(reply, crate::gateway::Trigger::Open);
     dev_note(reply)

@@ -57,6 +57,7 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
     reply.interrupted_sessions =
         (!record.interrupted_sessions.is_empty()).then(|| record.interrupted_sessions.clone());
     reply.memory_bytes = pid.map(crate::instance::limits::tree_rss);
+    reply.isolation = record.isolation.clone();
     if let (InstanceRecord::Running { started_at, .. }, Some(_)) = (&record.instance, pid) {
         reply.uptime_secs = crate::timestamp::parse(started_at)
             .and_then(|t| t.elapsed().ok())

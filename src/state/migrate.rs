@@ -238,6 +238,7 @@ fn project(
         created_at,
         last_health_check,
         interrupted_sessions: Vec::new(),
+        isolation: None,
     })
 }
 
@@ -369,6 +370,7 @@ mod tests {
             created_at: created_at.into(),
             last_health_check: None,
             interrupted_sessions: Vec::new(),
+            isolation: None,
         }
     }
 

@@ -64,6 +64,9 @@ pub struct ProjectRecord {
     /// reported rather than silently stranded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interrupted_sessions: Vec<String>,
+    /// How the last launched Instance was confined (`landlock ABI 7`, `none (<reason>)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
 }
 
 /// The user's intent for a Project.

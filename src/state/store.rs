@@ -208,6 +208,7 @@ mod tests {
             created_at: "2026-11-25T00:00:00Z".into(),
             last_health_check: None,
             interrupted_sessions: Vec::new(),
+            isolation: None,
         }
     }
 

@@ -372,8 +372,8 @@ fn a_project_stopped_mid_call_is_a_clean_error_and_the_gateway_closes_and_reopen
     let llm = FakeLlm::start();
     let home = TestHome::real();
     start_project(&home, &sshd, &llm, "solo", "allow");
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let child_pid_file = scratch.path().join("child.pid");
+    // Inside the repo: the agent is confined to its own directories.
+    let child_pid_file = home.sandbox("solo").join("repo").join("child.pid");
     runtime().block_on(async {
         let client = connect(&home, &global_token(&home)).await;
         let (_, _, session) = call(&client, "opencode-session-create", json!({})).await;

@@ -401,8 +401,8 @@ fn providers_come_from_the_project_env_and_stop_ends_what_the_agent_started() {
     let password = env_value(&home, "agent", "OPENCODE_SERVER_PASSWORD");
 
     // The agent's bash tool starts a long-lived child in its own session.
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let child_pid_file = scratch.path().join("child.pid");
+    // Inside the repo: the agent is confined to its own directories.
+    let child_pid_file = home.sandbox("agent").join("repo").join("child.pid");
     let timeout = Duration::from_secs(10);
     let session = crate::support::http(
         "POST",

@@ -204,6 +204,12 @@ async fn drive_workflow(
     )
     .await;
     assert!(!is_error && reply["opencode"]["running"] == true, "{reply}");
+    assert!(
+        reply["isolation"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("landlock ABI ")),
+        "{reply}"
+    );
     shapes.push(("status_running".to_owned(), redact(&reply)));
     let (_, reply, _) = call(client, "opencode_list", json!({}), false).await;
     assert_eq!(reply["projects"][0]["name"], project);
@@ -533,7 +539,7 @@ fn sort_by_name(value: &mut Value) {
 
 /// Replaces volatile values (pids, ports, times, paths, keys) so a reply's shape can be pinned.
 fn redacted(value: &Value, home: &TestHome, sshd: &TestSshd) -> Value {
-    const VOLATILE: [&str; 15] = [
+    const VOLATILE: [&str; 16] = [
         "opencode_pid",
         "opencode_port",
         "pid",
@@ -549,6 +555,8 @@ fn redacted(value: &Value, home: &TestHome, sshd: &TestSshd) -> Value {
         "mcp_tool_port",
         "mcp_tool_url",
         "memory_bytes",
+        // What this kernel's Landlock offers (`landlock ABI 7` here).
+        "isolation",
     ];
     match value {
         Value::Object(map) => Value::Object(

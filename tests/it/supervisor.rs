@@ -343,8 +343,8 @@ fn a_crashed_instance_leaves_nothing_its_agent_started() {
         .expect("session")
         .json();
     let id = session["id"].as_str().expect("id");
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let child_file = scratch.path().join("child.pid");
+    // Inside the repo: the agent is confined to its own directories.
+    let child_file = home.sandbox("p").join("repo").join("child.pid");
     let prompt = json!({"parts": [{"type": "text", "text": format!("RUN: echo $$ > {}; exec sleep 300", child_file.display())}]});
     http(
         "POST",
