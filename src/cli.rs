@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, Paths};
-use crate::daemon::protocol::{Envelope, Frame, Request};
+use crate::daemon::protocol::{Envelope, Request};
 use crate::daemon::{self, DaemonOptions};
 use crate::ops::CallerSettings;
 use crate::ops::reply::{ErrorCode, Reply, Status};
@@ -87,9 +87,13 @@ struct ServeCmd {
     /// HTTP port
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// HTTP address to bind; anything but loopback needs OPENCODE_MANAGER_TOKEN
+    /// HTTP address to bind; anything but loopback needs OPENCODE_MANAGER_TOKEN (32+ characters)
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,
+    /// Another host name clients may use in the Host header (repeatable; also `allowed_hosts` in
+    /// opencode-manager.toml). The loopback names and the bound address are always allowed
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -169,21 +173,11 @@ pub fn run(cli: Cli) -> ExitCode {
         caller: CallerSettings::from_env(),
     };
     let json = cli.json;
-    let frame = runtime.block_on(daemon::client::request(&paths, &envelope, |step| {
-        eprintln!("… {step}")
+    let reply = runtime.block_on(daemon::client::ask(&paths, &envelope, |step| {
+        emit_err(&format!("… {step}\n"));
     }));
-    match frame {
-        Ok(Frame::Reply(reply)) => {
-            print_reply(&reply, json);
-            ExitCode::from(reply.exit_code())
-        }
-        Ok(other) => fail(
-            json,
-            ErrorCode::Internal,
-            &format!("unexpected answer from the daemon: {other:?}"),
-        ),
-        Err(err) => fail(json, ErrorCode::DaemonUnavailable, &format!("{err:#}")),
-    }
+    print_reply(&reply, json);
+    ExitCode::from(reply.exit_code())
 }
 
 async fn run_serve(paths: Paths, cmd: ServeCmd) -> ExitCode {
@@ -198,9 +192,20 @@ async fn run_serve(paths: Paths, cmd: ServeCmd) -> ExitCode {
                 shutdown_signal().await;
                 on_signal.cancel();
             });
+            let configured = match crate::trust::check_home(&paths)
+                .map_err(|err| anyhow::anyhow!("the manager home is unsafe: {err} ({})", err.fix))
+                .and_then(|()| Config::load(paths.clone()))
+            {
+                Ok(config) => config.allowed_hosts,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    return ExitCode::from(1);
+                }
+            };
             let options = crate::mcp::http::HttpOptions {
                 host: cmd.host,
                 port: cmd.port,
+                allowed_hosts: cmd.allowed_hosts.into_iter().chain(configured).collect(),
             };
             crate::mcp::http::serve(paths, caller, options, cancel).await
         }
@@ -230,15 +235,26 @@ async fn run_daemon(paths: Paths, stay: bool) -> ExitCode {
         }
     };
     match daemon::run(config, DaemonOptions { stay }, shutdown_signal()).await {
-        Ok(daemon::Exit::AlreadyRunning) => {
-            eprintln!("a daemon is already running for this home");
-            ExitCode::SUCCESS
+        Ok(daemon::Exit::AlreadyRunning { pid }) => {
+            let who = pid.map_or_else(
+                || "another daemon".to_owned(),
+                |p| format!("the daemon with pid {p}"),
+            );
+            eprintln!("error: {who} is already running for this home; this one exits");
+            ExitCode::from(daemon::EXIT_ALREADY_RUNNING)
         }
         Ok(_) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            tracing::error!("daemon failed: {err:#}");
-            ExitCode::from(1)
+        Err(refused) => {
+            // The client that spawned this daemon finds this line in manager.log.
+            let code = serde_json::to_value(refused.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            eprintln!(
+                "error [{code}]: daemon refused to start: {} | hint: {}",
+                refused.message, refused.hint
+            );
+            ExitCode::from(refused.exit_status())
         }
     }
 }
@@ -267,13 +283,38 @@ fn fail(json: bool, code: ErrorCode, message: &str) -> ExitCode {
     ExitCode::from(reply.exit_code())
 }
 
+/// Prints a reply: data to stdout, diagnostics to stderr. A closed pipe (`| head -1`) ends the
+/// output quietly.
 fn print_reply(reply: &Reply, json: bool) {
+    let (out, err) = render(reply, json);
+    emit_out(&out);
+    emit_err(&err);
+}
+
+/// Writes to stdout; a reader that went away is not an error worth a panic.
+fn emit_out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    let _ = std::io::stdout().flush();
+}
+
+/// Writes to stderr, quietly if nobody reads it.
+fn emit_err(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// The text of a reply: what goes to stdout and what goes to stderr.
+fn render(reply: &Reply, json: bool) -> (String, String) {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut err = String::new();
     if json {
         match serde_json::to_string_pretty(reply) {
-            Ok(text) => println!("{text}"),
-            Err(err) => eprintln!("error: encoding the reply: {err}"),
+            Ok(text) => out.push_str(&format!("{text}\n")),
+            Err(why) => err.push_str(&format!("error: encoding the reply: {why}\n")),
         }
-        return;
+        return (out, err);
     }
     let status = serde_json::to_value(reply.status())
         .ok()
@@ -285,36 +326,42 @@ fn print_reply(reply: &Reply, json: bool) {
             .and_then(|c| serde_json::to_value(c).ok())
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        eprintln!("error [{code}]: {}", reply.message.as_deref().unwrap_or(""));
+        let _ = writeln!(
+            err,
+            "error [{code}]: {}",
+            reply.message.as_deref().unwrap_or("")
+        );
         for item in reply.items.iter().flatten() {
-            eprintln!("  - {item}");
+            let _ = writeln!(err, "  - {item}");
         }
         if let Some(hint) = &reply.hint {
-            eprintln!("hint: {hint}");
+            let _ = writeln!(err, "hint: {hint}");
         }
-        return;
+        return (out, err);
     }
     if let Some(projects) = &reply.projects {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<24} {:<10} {:>6} {:>8}  SANDBOX",
             "PROJECT", "STATUS", "PORT", "PID"
         );
         for p in projects {
             let port = p.opencode_port.map_or("-".into(), |v| v.to_string());
             let pid = p.opencode_pid.map_or("-".into(), |v| v.to_string());
-            println!(
+            let _ = writeln!(
+                out,
                 "{:<24} {:<10} {:>6} {:>8}  {}",
                 p.name, p.status, port, pid, p.sandbox_dir
             );
         }
     } else if let Some(lines) = &reply.lines {
         for line in lines {
-            println!("{line}");
+            let _ = writeln!(out, "{line}");
         }
     } else {
-        println!("Status: {status}");
+        let _ = writeln!(out, "Status: {status}");
         if let Some(message) = &reply.message {
-            println!("\n{message}");
+            let _ = writeln!(out, "\n{message}");
         }
         let mut facts = Vec::new();
         if let Some(oc) = &reply.opencode {
@@ -345,27 +392,29 @@ fn print_reply(reply: &Reply, json: bool) {
             ("Last exit", &reply.last_exit),
             ("Last error", &reply.last_error),
             ("Env file", &reply.env_path),
+            ("Isolation", &reply.isolation),
         ] {
             if let Some(value) = value {
                 facts.push(format!("{label}: {value}"));
             }
         }
         if !facts.is_empty() {
-            println!();
+            let _ = writeln!(out);
             for fact in facts {
-                println!("{fact}");
+                let _ = writeln!(out, "{fact}");
             }
         }
         for item in reply.items.iter().flatten() {
-            println!("  - {item}");
+            let _ = writeln!(out, "  - {item}");
         }
     }
     if let (Some(hint), false) = (&reply.hint, reply.status() == Status::Success) {
-        eprintln!("hint: {hint}");
+        let _ = writeln!(err, "hint: {hint}");
     }
     if let Some(warning) = &reply.warning {
         for line in warning.lines() {
-            eprintln!("warning: {line}");
+            let _ = writeln!(err, "warning: {line}");
         }
     }
+    (out, err)
 }

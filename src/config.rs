@@ -111,6 +111,10 @@ impl Paths {
     pub fn daemon_lock(&self) -> PathBuf {
         self.home.join("opencode-manager.lock")
     }
+    /// The token every connection to the socket starts with (0600; unreadable from a Sandbox).
+    pub fn daemon_token(&self) -> PathBuf {
+        self.home.join("opencode-manager.token")
+    }
     /// The manager's own known_hosts, so git over SSH never touches the user's.
     pub fn known_hosts(&self) -> PathBuf {
         self.home.join("known_hosts")

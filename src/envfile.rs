@@ -10,15 +10,16 @@ use std::fmt;
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct EnvFile {
     entries: Vec<(String, String)>,
+    /// Where each key is in `entries`, so parsing stays linear in the file's size.
+    positions: std::collections::HashMap<String, usize>,
 }
 
 impl EnvFile {
     /// The value of `key`, if the file sets it.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.positions
+            .get(key)
+            .map(|at| self.entries[*at].1.as_str())
     }
 
     /// The effective `(key, value)` pairs, in the order each key first appears.
@@ -32,9 +33,12 @@ impl EnvFile {
     }
 
     fn set(&mut self, key: &str, value: String) {
-        match self.entries.iter_mut().find(|(k, _)| k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.entries.push((key.to_owned(), value)),
+        match self.positions.get(key) {
+            Some(at) => self.entries[*at].1 = value,
+            None => {
+                self.positions.insert(key.to_owned(), self.entries.len());
+                self.entries.push((key.to_owned(), value));
+            }
         }
     }
 }
@@ -252,6 +256,17 @@ mod tests {
     fn splits_at_the_first_equals_sign() {
         assert_eq!(one("K=a=b==\n"), "a=b==");
         assert_eq!(one("K=='='"), "='='");
+    }
+
+    #[test]
+    fn many_keys_and_duplicates_keep_order_and_last_values() {
+        let mut text: String = (0..20_000).map(|i| format!("K{i}=v{i}\n")).collect();
+        text.push_str("K7=again\n");
+        let env = parse(&text).expect("parses");
+        assert_eq!(env.iter().count(), 20_000);
+        assert_eq!(env.get("K19999"), Some("v19999"));
+        assert_eq!(env.get("K7"), Some("again"));
+        assert_eq!(env.iter().nth(7), Some(("K7", "again")));
     }
 
     #[test]

@@ -4,12 +4,17 @@
 //! Every call is hardened: the URL comes after `--`, only the URL's own transport is allowed
 //! (`GIT_ALLOW_PROTOCOL`, so `ext::` never runs), no prompts (`BatchMode`, `GIT_TERMINAL_PROMPT=0`),
 //! only the deploy key (`IdentitiesOnly`, no agent), the manager's own known_hosts, no user or system
-//! git config, and a timeout that kills git. Messages quote git's stderr but never the environment.
+//! git config, no hooks and no fsmonitor (`core.hooksPath`, `core.fsmonitor`), a clean environment
+//! (the Instance's allowlist), and a timeout that kills git. Commands that run inside a clone, whose
+//! `.git/config` the agent can write, also run confined like the Instance itself, so whatever else a
+//! planted config makes git run reaches nothing beyond that Sandbox. Messages quote git's stderr
+//! but never the environment.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::instance::confine::Confinement;
 use crate::project::{GitUrl, Transport};
 
 /// How a git operation failed.
@@ -54,7 +59,7 @@ impl Remote<'_> {
         )
     }
 
-    fn command(&self) -> tokio::process::Command {
+    fn command(&self) -> std::process::Command {
         let protocol = match self.url.transport() {
             Transport::Ssh => "ssh",
             Transport::Https => "https",
@@ -126,15 +131,25 @@ pub fn remove_partial_clones(sandbox: &Path) {
 }
 
 /// Work in `repo` that would be lost if it were deleted: uncommitted changes and commits that no
-/// remote branch has. Empty when everything is saved on a remote.
-pub async fn unsaved_work(repo: &Path) -> Result<Vec<String>, GitError> {
+/// remote branch has. Empty when everything is saved on a remote. The agent can write the clone's
+/// config, so each git runs under `confinement` (one clone of it per command).
+pub async fn unsaved_work(repo: &Path, confinement: &Confinement) -> Result<Vec<String>, GitError> {
+    let confined = |mut command: std::process::Command| {
+        let confinement = confinement.try_clone().map_err(|err| GitError::Failed {
+            detail: format!("preparing the confinement: {err}"),
+        })?;
+        crate::instance::confine::install(&mut command, confinement);
+        Ok::<_, GitError>(command)
+    };
     let mut lost = Vec::new();
     let mut status = git();
-    status
-        .arg("-C")
-        .arg(repo)
-        .args(["status", "--porcelain", "--untracked-files=normal"]);
-    let changes = run(status, Duration::from_secs(30)).await?;
+    status.arg("-C").arg(repo).args([
+        "--no-optional-locks",
+        "status",
+        "--porcelain",
+        "--untracked-files=normal",
+    ]);
+    let changes = run(confined(status)?, Duration::from_secs(30)).await?;
     let changed: Vec<&str> = changes.lines().filter(|l| !l.trim().is_empty()).collect();
     if !changed.is_empty() {
         let shown: Vec<&str> = changed
@@ -155,10 +170,15 @@ pub async fn unsaved_work(repo: &Path) -> Result<Vec<String>, GitError> {
         ));
     }
     let mut log = git();
-    log.arg("-C")
-        .arg(repo)
-        .args(["log", "--branches", "--not", "--remotes", "--format=%h %s"]);
-    let commits = run(log, Duration::from_secs(30)).await?;
+    log.arg("-C").arg(repo).args([
+        "--no-optional-locks",
+        "log",
+        "--branches",
+        "--not",
+        "--remotes",
+        "--format=%h %s",
+    ]);
+    let commits = run(confined(log)?, Duration::from_secs(30)).await?;
     let unpushed: Vec<&str> = commits.lines().filter(|l| !l.trim().is_empty()).collect();
     if !unpushed.is_empty() {
         let shown: Vec<&str> = unpushed.iter().take(10).copied().collect();
@@ -171,32 +191,41 @@ pub async fn unsaved_work(repo: &Path) -> Result<Vec<String>, GitError> {
     Ok(lost)
 }
 
-/// `git` with a clean, predictable environment: no user or system config, no prompts, C locale.
-fn git() -> tokio::process::Command {
+/// `git` with a clean, predictable environment (the Instance's allowlist: `PATH`, `LANG`, `TZ`,
+/// `TERM`, and the C locale), no user or system config, no prompts, no hooks, no fsmonitor.
+fn git() -> std::process::Command {
     #[allow(clippy::disallowed_methods)]
-    let mut command = tokio::process::Command::new("git");
+    let mut command = std::process::Command::new("git");
+    command.env_clear();
+    for key in ["PATH", "LANG", "TZ", "TERM"] {
+        if let Some(value) = std::env::var_os(key) {
+            command.env(key, value);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        command.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    }
     command
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-        )
-        .env(
-            "HOME",
-            std::env::var_os("HOME").unwrap_or_else(|| "/nonexistent".into()),
-        )
+        .env("HOME", "/nonexistent")
         .env("LC_ALL", "C")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     command
 }
 
-async fn run(mut command: tokio::process::Command, timeout: Duration) -> Result<String, GitError> {
+async fn run(command: std::process::Command, timeout: Duration) -> Result<String, GitError> {
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true);
     let output = tokio::time::timeout(timeout, command.output())
         .await
         .map_err(|_| GitError::Timeout(timeout))?

@@ -24,7 +24,7 @@ pub mod supervisor;
 
 pub mod atomic_file;
 pub mod envfile;
-pub mod http_guard;
+pub mod front_door;
 pub mod logs;
 pub mod secrets;
 pub mod timestamp;

@@ -39,12 +39,24 @@ impl Mode {
     }
 }
 
-/// Why a `.env` could not be used; always reported as `invalid_config`.
+/// The largest `.env` the manager reads. Real ones are well under 1 KiB; a bigger file is a
+/// mistake or an attack on the daemon, and is refused before it is parsed.
+pub const MAX_ENV_BYTES: u64 = 64 * 1024;
+
+/// Why a `.env` could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct EnvError {
+    pub kind: EnvErrorKind,
     pub message: String,
     pub hint: String,
+}
+
+/// What kind of problem an [`EnvError`] is (`invalid_config` or `env_too_large` for clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvErrorKind {
+    Invalid,
+    TooLarge,
 }
 
 /// The validated contents of a Project's `.env`.
@@ -140,16 +152,45 @@ pub fn write_initial(
     }
 }
 
-/// Reads and validates a Project's `.env`.
-pub fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
+/// Reads a `.env` of at most [`MAX_ENV_BYTES`], without reading more than that.
+fn read_bounded(path: &Path) -> Result<String, EnvError> {
+    use std::io::Read as _;
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|err| EnvError {
+    let unreadable = |err: std::io::Error| EnvError {
+        kind: EnvErrorKind::Invalid,
         message: format!("cannot read {shown}: {err}"),
         hint:
             "call opencode_start again to create it, or create it from the template in the README"
                 .into(),
-    })?;
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_ENV_BYTES + 1).read_to_string(&mut text))
+        .map_err(unreadable)?;
+    if text.len() as u64 > MAX_ENV_BYTES {
+        return Err(EnvError {
+            kind: EnvErrorKind::TooLarge,
+            message: format!(
+                "{shown} is larger than {} KiB; the manager does not read it",
+                MAX_ENV_BYTES / 1024
+            ),
+            hint: format!("keep only the project's settings and secrets in {shown}"),
+        });
+    }
+    Ok(text)
+}
+
+/// Reads and validates a Project's `.env`.
+pub fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
+    let shown = path.display();
+    let text = read_bounded(path)?;
+    let invalid = |message: String, hint: String| EnvError {
+        kind: EnvErrorKind::Invalid,
+        message,
+        hint,
+    };
     let file = envfile::parse(&text).map_err(|err| EnvError {
+        kind: EnvErrorKind::Invalid,
         message: format!("{shown}: {err}"),
         hint: format!("fix that line in {shown}: KEY=value, with '…' or \"…\" around values that hold spaces or #"),
     })?;
@@ -159,10 +200,10 @@ pub fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
         .filter(|k| file.get(k).is_none_or(str::is_empty))
         .collect();
     if !missing.is_empty() {
-        return Err(EnvError {
-            message: format!("missing required fields in {shown}: {}", missing.join(", ")),
-            hint: format!("add them to {shown}"),
-        });
+        return Err(invalid(
+            format!("missing required fields in {shown}: {}", missing.join(", ")),
+            format!("add them to {shown}"),
+        ));
     }
     let placeholders: Vec<&str> = SECRET_KEYS
         .iter()
@@ -170,29 +211,26 @@ pub fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
         .filter(|k| file.get(k) == Some(PLACEHOLDER))
         .collect();
     if !placeholders.is_empty() {
-        return Err(EnvError {
-            message: format!("please set real values for these fields in {shown}: {}", placeholders.join(", ")),
-            hint: "generate them with: openssl rand -hex 16 (password) and openssl rand -hex 32 (bearer token), then call opencode_start again".into(),
-        });
+        return Err(invalid(
+            format!("please set real values for these fields in {shown}: {}", placeholders.join(", ")),
+            "generate them with: openssl rand -hex 16 (password) and openssl rand -hex 32 (bearer token), then call opencode_start again".into(),
+        ));
     }
-    let opencode_port =
-        match file.get("OPENCODE_PORT").filter(|v| !v.is_empty()) {
-            None => None,
-            Some(raw) => Some(raw.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                EnvError {
-                    message: format!("OPENCODE_PORT in {shown} is not a port number"),
-                    hint:
-                        "use a number from 1 to 65535, or remove the line to let the manager choose"
-                            .into(),
-                }
-            })?),
-        };
+    let opencode_port = match file.get("OPENCODE_PORT").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(raw) => Some(raw.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            invalid(
+                format!("OPENCODE_PORT in {shown} is not a port number"),
+                "use a number from 1 to 65535, or remove the line to let the manager choose".into(),
+            )
+        })?),
+    };
     let idle_timeout = match file.get("IDLE_TIMEOUT").filter(|v| !v.is_empty()) {
         None => None,
-        Some(raw) => Some(parse_duration(raw).ok_or_else(|| EnvError {
-            message: format!("IDLE_TIMEOUT in {shown} is not a duration"),
-            hint: "use seconds, or a number with s, m or h (for example 30m); 0 never parks the project".into(),
-        })?),
+        Some(raw) => Some(parse_duration(raw).ok_or_else(|| invalid(
+            format!("IDLE_TIMEOUT in {shown} is not a duration"),
+            "use seconds, or a number with s, m or h (for example 30m); 0 never parks the project".into(),
+        ))?),
     };
     let get = |k: &str| file.get(k).unwrap_or_default().to_owned();
     let ssh_key_path = expand_tilde(&get("SSH_KEY_PATH"));
@@ -343,6 +381,23 @@ mod tests {
                 .message
                 .contains("OPENCODE_PORT")
         );
+    }
+
+    #[test]
+    fn an_env_over_64_kib_is_refused_unread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(".env");
+        let base =
+            "GIT_URL=x\nSSH_KEY_PATH=k\nOPENCODE_SERVER_PASSWORD=p\nMCP_TOOL_BEARER_TOKEN=t\n";
+        let pad = |n: usize| format!("{base}# {}\n", "x".repeat(n));
+        let fits = 64 * 1024 - base.len() - 3;
+        std::fs::write(&path, pad(fits)).expect("write");
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), 64 * 1024);
+        assert!(load(&path).is_ok(), "exactly 64 KiB is fine");
+        std::fs::write(&path, pad(fits + 1)).expect("write");
+        let err = load(&path).expect_err("too large");
+        assert_eq!(err.kind, EnvErrorKind::TooLarge);
+        assert!(err.message.contains("64 KiB"), "{}", err.message);
     }
 
     #[test]

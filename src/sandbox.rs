@@ -198,8 +198,9 @@ pub fn instance_env(
 
 /// What a confined process of a Project needs beyond its own directories.
 pub struct Reach<'a> {
-    /// The deploy key (its `.pub` and the manager's `known_hosts` come with it).
-    pub key: &'a Path,
+    /// The deploy key (its `.pub` and the manager's `known_hosts` come with it), for processes that
+    /// push and fetch.
+    pub key: Option<&'a Path>,
     /// The agent's program: its directory is readable and executable.
     pub program: Option<&'a Path>,
     /// The `PATH` the process gets; its directories are readable and executable where safe.
@@ -216,15 +217,18 @@ pub fn confinement_plan(config: &Config, project: &ProjectName, reach: &Reach<'_
     let mut plan = Plan {
         home: paths.home().to_owned(),
         read_write: vec![paths.repo_dir(project), paths.instance_dir(project)],
-        read_files: vec![reach.key.to_owned()],
+        read_files: Vec::new(),
         read_exec: Vec::new(),
         program: None,
         bind_port: reach.bind_port,
     };
-    let public_key = PathBuf::from(format!("{}.pub", reach.key.display()));
-    for optional in [public_key, paths.known_hosts()] {
-        if optional.is_file() {
-            plan.read_files.push(optional);
+    if let Some(key) = reach.key {
+        plan.read_files.push(key.to_owned());
+        let public_key = PathBuf::from(format!("{}.pub", key.display()));
+        for optional in [public_key, paths.known_hosts()] {
+            if optional.is_file() {
+                plan.read_files.push(optional);
+            }
         }
     }
     if let Some(program) = reach.program.and_then(|p| std::fs::canonicalize(p).ok()) {

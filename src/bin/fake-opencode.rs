@@ -13,6 +13,10 @@
 //!   (default 500).
 //! - `FAKE_OPENCODE_NO_PROVIDERS=1`: `GET /config/providers` lists no provider.
 //! - `FAKE_OPENCODE_CHILD_PID_FILE`: where the `child` mode's detached child writes its pid.
+//!
+//! `POST /session/<id>/message` is a turn that runs until a file named `release-turn` appears in
+//! the working directory (the clone), then answers `turn done`; until then it says on stdout that
+//! it started, so a test can stop the Instance, or close the gateway, in the middle of it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -261,6 +265,18 @@ fn route(server: &Server, method: &str, path: &str) -> (&'static str, String) {
             ok("true")
         }
         ("POST", "/instance/dispose") => ok("true"),
+        ("POST", p) if p.starts_with("/session/") && p.ends_with("/message") => {
+            // Said on stdout (the project log), so a test knows the turn is under way.
+            let _ = say(
+                &mut std::io::stdout(),
+                &format!("fake-opencode: turn started for POST {p}"),
+                0,
+            );
+            while !std::path::Path::new("release-turn").exists() {
+                thread::sleep(Duration::from_millis(20));
+            }
+            ok(r#"{"info":{"role":"assistant"},"parts":[{"type":"text","text":"turn done"}]}"#)
+        }
         _ => (
             "404 Not Found",
             format!(

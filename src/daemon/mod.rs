@@ -1,36 +1,87 @@
 //! The daemon: the single owner of the state file and of every Instance process in one home.
 //!
-//! [`run`] takes the home's lock (one daemon per home; the lock file holds its pid), reconciles
-//! recorded state with living processes, then serves requests on a 0600 Unix socket until a
-//! shutdown signal or, unless `stay`, a linger period with no running Instance. Instances run in
-//! their own sessions: the daemon exiting, even by SIGKILL, leaves them running for the next one.
+//! [`run`] checks the home (`trust`), takes the home's lock (`lock`: one daemon per home, even
+//! if the lock file is deleted), makes sure no other daemon answers on the socket, opens the state
+//! (refusing, and touching nothing, when it is unreadable), reconciles recorded state with living
+//! processes, then serves requests on the control socket (`socket`: 0600, and a token on every
+//! connection) until a shutdown signal or, unless `stay`, a linger period with no running
+//! Instance. Instances run in their own sessions: the daemon exiting, even by SIGKILL, leaves
+//! them running for the next one.
 
 pub mod client;
+pub mod lock;
 pub mod protocol;
+pub mod socket;
 
-use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::ops::reply::{ErrorCode, Reply};
 use crate::ops::{self, Manager, Progress};
+use crate::secrets::Secret;
+use lock::{Acquired, HomeLock, Verified};
 use protocol::{Envelope, Frame, Request};
 
 /// How the daemon's run ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
-    /// Another daemon holds this home's lock.
-    AlreadyRunning,
+    /// Another daemon holds this home (its pid, when known).
+    AlreadyRunning {
+        pid: Option<i32>,
+    },
     Lingered,
     Shutdown,
+}
+
+/// Why the daemon would not start; the client that spawned it reports the code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    pub code: ErrorCode,
+    pub message: String,
+    pub hint: String,
+}
+
+impl Refused {
+    fn internal(message: String) -> Refused {
+        Refused {
+            code: ErrorCode::Internal,
+            message,
+            hint: "see manager.log".into(),
+        }
+    }
+
+    /// The process exit status that carries the code to the client that spawned the daemon.
+    pub fn exit_status(&self) -> u8 {
+        EXIT_CODES
+            .iter()
+            .find(|(_, code)| *code == self.code)
+            .map_or(1, |(status, _)| *status)
+    }
+}
+
+/// Exit status of `opencode-manager daemon` when another daemon already holds the home.
+pub const EXIT_ALREADY_RUNNING: u8 = 3;
+
+/// Exit statuses of a refused daemon start, by the error code they stand for.
+const EXIT_CODES: [(u8, ErrorCode); 3] = [
+    (2, ErrorCode::InvalidConfig),
+    (4, ErrorCode::StateCorrupt),
+    (5, ErrorCode::HomeUnsafe),
+];
+
+/// The error code a daemon's exit status stands for (1 and anything unknown: none).
+pub fn code_of_exit_status(status: i32) -> Option<ErrorCode> {
+    EXIT_CODES
+        .iter()
+        .find(|(s, _)| i32::from(*s) == status)
+        .map(|(_, code)| *code)
 }
 
 /// Options of a daemon run.
@@ -45,50 +96,66 @@ pub async fn run(
     config: Config,
     options: DaemonOptions,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Exit> {
+) -> Result<Exit, Refused> {
     let paths = config.paths.clone();
-    crate::atomic_file::private_dir(paths.home())
-        .with_context(|| format!("creating {}", paths.home().display()))?;
-    crate::atomic_file::private_dir(&paths.logs_dir()).context("creating the log directory")?;
+    crate::trust::ensure_home(&paths).map_err(|err| Refused {
+        code: ErrorCode::HomeUnsafe,
+        message: format!("the manager home is unsafe: {err}"),
+        hint: err.fix.clone(),
+    })?;
+    crate::atomic_file::private_dir(&paths.logs_dir())
+        .map_err(|err| Refused::internal(format!("creating the log directory: {err}")))?;
     let lock_path = paths.daemon_lock();
-    let mut lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Ok(Exit::AlreadyRunning),
-        Err(std::fs::TryLockError::Error(err)) => {
-            return Err(err).with_context(|| format!("locking {}", lock_path.display()));
-        }
+    let mut lock = match HomeLock::acquire(&lock_path)
+        .map_err(|err| Refused::internal(format!("locking {}: {err}", lock_path.display())))?
+    {
+        Acquired::Held(lock) => lock,
+        Acquired::Busy { pid } => return Ok(Exit::AlreadyRunning { pid }),
+    };
+    // A daemon whose lock file was deleted still answers on the socket: never run beside it.
+    if let Some(pid) = client::running_daemon(&paths).await {
+        return Ok(Exit::AlreadyRunning { pid: Some(pid) });
     }
-    lock.set_len(0)?;
-    writeln!(lock, "{}", std::process::id())?;
+    let token = socket::load_or_create_token(&paths).map_err(|err| {
+        Refused::internal(format!(
+            "creating {}: {err}",
+            paths.daemon_token().display()
+        ))
+    })?;
 
-    let manager = Manager::open(config).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let manager = Manager::open(config).map_err(|err| Refused {
+        code: if err.code() == "state_corrupt" {
+            ErrorCode::StateCorrupt
+        } else {
+            ErrorCode::Internal
+        },
+        message: format!("{err}; the daemon did not start and changed nothing"),
+        hint: format!(
+            "running instances keep running. Restore {path} from {path}.backup or a backup of your own, or fix it; \
+             moving it aside starts the manager with no projects (their running instances are then stopped)",
+            path = paths.state_file().display()
+        ),
+    })?;
     tracing::info!(pid = std::process::id(), home = %paths.home().display(), "daemon starting");
+    for warning in &manager.config().warnings {
+        tracing::warn!("{warning}");
+    }
     ops::reconcile::on_daemon_start(&manager).await;
     ops::reconcile::stop_legacy_mcp_tools(&manager).await;
     crate::gateway::servers_file::update(&manager);
-    let supervisor_stop = tokio_util::sync::CancellationToken::new();
+    let background_stop = tokio_util::sync::CancellationToken::new();
+    // The gateway's project tokens are indexed before anything can ask for them.
+    crate::gateway::auth::follow(manager.clone(), background_stop.clone()).await;
     tokio::spawn(crate::supervisor::run(
         manager.clone(),
-        supervisor_stop.clone(),
+        background_stop.clone(),
     ));
 
-    let socket = paths.socket();
-    let _ = std::fs::remove_file(&socket);
-    // The socket path is the authorization: create it 0600 (umask), never wider for a moment.
-    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let bound = UnixListener::bind(&socket);
-    rustix::process::umask(previous);
-    let listener = bound.with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .context("restricting the socket")?;
-    tracing::info!(socket = %socket.display(), "listening");
+    let control = socket::ControlSocket::bind(&paths.socket())
+        .map_err(|err| Refused::internal(format!("binding {}: {err}", paths.socket().display())))?;
+    tracing::info!(socket = %paths.socket().display(), "listening");
 
+    let token = Arc::new(token);
     let active = Arc::new(AtomicUsize::new(0));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut idle_since = tokio::time::Instant::now();
@@ -96,13 +163,14 @@ pub async fn run(
     tokio::pin!(shutdown);
     let exit = loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = control.listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let manager = manager.clone();
                     let active = active.clone();
+                    let token = token.clone();
                     active.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
-                        if let Err(err) = serve_connection(&manager, stream).await {
+                        if let Err(err) = serve_connection(&manager, stream, &token).await {
                             tracing::warn!("client connection: {err:#}");
                         }
                         active.fetch_sub(1, Ordering::SeqCst);
@@ -111,6 +179,11 @@ pub async fn run(
                 Err(err) => tracing::warn!("accepting a client: {err}"),
             },
             _ = tick.tick() => {
+                match lock.verify() {
+                    Verified::Intact => {}
+                    Verified::Restored => tracing::warn!(path = %lock_path.display(), "the daemon's lock file was removed or replaced; a new one is in place"),
+                    Verified::Lost(why) => tracing::error!(path = %lock_path.display(), "the daemon's lock file is gone and could not be put back: {why}"),
+                }
                 ops::reconcile::check_liveness(&manager);
                 // Opens with the first running Project (also one adopted or crashed), closes after the last.
                 let _ = manager.gateway().sync(&manager, crate::gateway::Trigger::Follow);
@@ -124,17 +197,32 @@ pub async fn run(
             () = &mut shutdown => break Exit::Shutdown,
         }
     };
-    supervisor_stop.cancel();
-    let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(paths.gateway_pid_file());
+    background_stop.cancel();
+    control.remove_if_ours();
+    let _ = crate::atomic_file::remove_if_present(&paths.gateway_pid_file());
     tracing::info!(?exit, "daemon exiting; running instances keep running");
     Ok(exit)
 }
 
-async fn serve_connection(manager: &Manager, stream: UnixStream) -> anyhow::Result<()> {
+async fn serve_connection(
+    manager: &Manager,
+    stream: UnixStream,
+    token: &Secret,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    if !socket::authenticate(&mut reader, token).await {
+        let reply = Reply::error(
+            ErrorCode::Unauthorized,
+            "this connection did not present the daemon's token",
+            "clients read it from opencode-manager.token in the manager home",
+        );
+        return send(&mut write, &Frame::Reply(Box::new(reply))).await;
+    }
     let mut line = String::new();
-    BufReader::new(read.take(1024 * 1024))
+    reader
+        .take(1024 * 1024)
         .read_line(&mut line)
         .await
         .context("reading the request")?;

@@ -5,9 +5,11 @@
 //! after the last stops (the original's auto-lifecycle), or closed on request until a Project
 //! starts or `mcp_restart`. It also keeps the original's compatibility files current
 //! (`global-mcp-tool.pid`, `opencode-mcp-tool-servers.json`). Tools live in `tools`, tokens in
-//! `auth`; only this module and `mcp` know rmcp, only these and `http_guard` know axum.
+//! `auth` (behind the shared `front_door`); only this module and `mcp` know rmcp, only these and
+//! `front_door` know axum.
 
 pub mod auth;
+pub mod in_flight;
 pub mod params;
 pub mod servers_file;
 pub mod tools;
@@ -30,7 +32,7 @@ use crate::secrets::Secret;
 enum Listener {
     NotStarted,
     Running {
-        cancel: CancellationToken,
+        serving: in_flight::Serving,
         port: u16,
         since: Instant,
         started_at: String,
@@ -68,17 +70,24 @@ pub enum Trigger {
 pub struct Gateway {
     // A std mutex: held only to read or swap the lifecycle value, never across an `.await`.
     listener: Mutex<Listener>,
+    /// Project tokens, kept in step with the `.env` files by `auth::follow`.
+    tokens: Arc<auth::TokenIndex>,
 }
 
 impl Default for Gateway {
     fn default() -> Self {
         Gateway {
             listener: Mutex::new(Listener::NotStarted),
+            tokens: Arc::default(),
         }
     }
 }
 
 impl Gateway {
+    pub fn tokens(&self) -> &auth::TokenIndex {
+        &self.tokens
+    }
+
     pub fn view(&self) -> GatewayView {
         match &*self.lock() {
             Listener::NotStarted => GatewayView::NotStarted,
@@ -148,7 +157,7 @@ fn open(listener: &mut Listener, manager: &Manager) -> Result<(), String> {
     let result = bind_and_serve(manager, port);
     let paths = &manager.config().paths;
     match result {
-        Ok(cancel) => {
+        Ok(serving) => {
             let started_at = crate::timestamp::now();
             let _ = crate::atomic_file::replace(
                 &paths.gateway_pid_file(),
@@ -158,7 +167,7 @@ fn open(listener: &mut Listener, manager: &Manager) -> Result<(), String> {
             record(manager, "running", Some(started_at.clone()), None);
             tracing::info!(port, "gateway listening on http://127.0.0.1:{port}/mcp");
             *listener = Listener::Running {
-                cancel,
+                serving,
                 port,
                 since: Instant::now(),
                 started_at,
@@ -183,16 +192,20 @@ fn open(listener: &mut Listener, manager: &Manager) -> Result<(), String> {
 }
 
 fn close(listener: &mut Listener, manager: &Manager, by_user: bool) {
-    if let Listener::Running { cancel, port, .. } = &*listener {
-        cancel.cancel();
+    let previous = std::mem::replace(
+        listener,
+        Listener::Stopped {
+            by_user,
+            error: None,
+        },
+    );
+    if let Listener::Running { serving, port, .. } = previous {
+        // Calls under way still get their answers; only new connections are refused.
+        serving.close();
         tracing::info!(port, by_user, "gateway closed");
     }
     let _ = crate::atomic_file::remove_if_present(&manager.config().paths.gateway_pid_file());
     record(manager, "stopped", None, None);
-    *listener = Listener::Stopped {
-        by_user,
-        error: None,
-    };
 }
 
 fn record(manager: &Manager, status: &str, started_at: Option<String>, error: Option<String>) {
@@ -208,9 +221,14 @@ fn record(manager: &Manager, status: &str, started_at: Option<String>, error: Op
 }
 
 /// Binds synchronously (so a busy port is reported at once), then serves in a task.
-fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<CancellationToken> {
-    let global = auth::global_token(manager)
+fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<in_flight::Serving> {
+    let (global, source) = auth::global_token(&manager.config().paths)
         .map_err(|err| std::io::Error::other(format!("reading the gateway token: {err}")))?;
+    if let Ok(Some(warning)) =
+        crate::front_door::check_strength(&global, &source, std::net::Ipv4Addr::LOCALHOST.into())
+    {
+        tracing::warn!("gateway: {warning}");
+    }
     // Right after a close the old server task may still hold the port for a moment.
     let mut attempts = 0;
     let std_listener = loop {
@@ -224,9 +242,14 @@ fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<CancellationT
     };
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let cancel = CancellationToken::new();
-    let app = router(manager.clone(), global, cancel.clone());
-    let shutdown = cancel.clone();
+    let serving = in_flight::Serving::default();
+    let app = router(
+        manager.clone(),
+        global,
+        serving.sessions.clone(),
+        serving.in_flight.clone(),
+    );
+    let shutdown = serving.accept.clone();
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -235,29 +258,41 @@ fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<CancellationT
             tracing::error!("gateway stopped serving: {err}");
         }
     });
-    Ok(cancel)
+    Ok(serving)
 }
 
 /// `/mcp` behind the bearer check, and an unauthenticated `/health`; both behind the Host/Origin guard.
-pub fn router(manager: Manager, global: Secret, cancel: CancellationToken) -> Router {
+fn router(
+    manager: Manager,
+    global: Secret,
+    sessions: CancellationToken,
+    in_flight: std::sync::Arc<in_flight::InFlight>,
+) -> Router {
+    let door = crate::front_door::Door::new(
+        crate::front_door::hosts_for(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            &manager.config().allowed_hosts,
+        ),
+        auth::authorizer(manager.gateway().tokens.clone(), global),
+    );
     let config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(crate::http_guard::allowed_hosts())
-        .with_allowed_origins(["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"])
+        .with_allowed_hosts(door.hosts().iter().cloned())
+        .with_allowed_origins(door.origin_patterns())
         .with_json_response(true)
-        .with_cancellation_token(cancel.child_token());
+        .with_cancellation_token(sessions.child_token());
     let for_service = manager.clone();
     let service = StreamableHttpService::new(
         move || Ok(tools::GatewayServer::new(for_service.clone())),
         LocalSessionManager::default().into(),
         config,
     );
-    let auth = Arc::new(auth::Auth {
-        manager: manager.clone(),
-        global,
-    });
     let protected = Router::new()
         .nest_service("/mcp", service)
-        .layer(middleware::from_fn_with_state(auth, auth::bearer));
+        .layer(middleware::from_fn_with_state(
+            door.clone(),
+            crate::front_door::bearer,
+        ))
+        .layer(middleware::from_fn_with_state(in_flight, in_flight::count));
     Router::new()
         .route(
             "/health",
@@ -273,7 +308,7 @@ pub fn router(manager: Manager, global: Secret, cancel: CancellationToken) -> Ro
         )
         .merge(protected)
         .layer(middleware::from_fn_with_state(
-            crate::http_guard::Guard::loopback(),
-            crate::http_guard::local_only,
+            door,
+            crate::front_door::host_guard,
         ))
 }

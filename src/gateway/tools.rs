@@ -15,11 +15,11 @@ use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
 
-use super::auth::Scope;
 use super::params::{
     CreateParams, MessageParams, MessagesParams, ReplyParams, ServerParams, SessionParams,
     StatusParams,
 };
+use crate::front_door::Scope;
 use crate::instance::api::{ApiError, InstanceApi};
 use crate::ops::Manager;
 use crate::project::ProjectName;

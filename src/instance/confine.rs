@@ -288,8 +288,10 @@ pub fn prepare(abi: i32, plan: &Plan) -> Result<Confinement, ConfineError> {
         }
         rules.push((program.clone(), exec, true));
     }
+    // A missing directory is granted nothing (an Instance directory not made yet); a missing key
+    // is an error, since git would fail later and less clearly.
     for dir in &plan.read_write {
-        rules.push((dir.clone(), all, true));
+        rules.push((dir.clone(), all, false));
     }
     for file in &plan.read_files {
         rules.push((file.clone(), AccessFs::ReadFile.into(), true));

@@ -1,95 +1,64 @@
-//! Streamable HTTP for the manager's MCP server: `POST/GET/DELETE /mcp` behind a bearer token and
-//! a Host/Origin guard, plus an unauthenticated `GET /health`.
+//! Streamable HTTP for the manager's MCP server: `POST/GET/DELETE /mcp` behind the front door
+//! (Host/Origin allowlist and bearer token), plus an unauthenticated `GET /health`.
 //!
 //! Binds 127.0.0.1 by default. The token is `OPENCODE_MANAGER_TOKEN`, else one generated on first
 //! use into `<home>/mcp-http-token` (0600); only its path is ever printed. Binding a non-loopback
-//! address without an explicit token is refused. Tokens are compared in constant time and never
-//! logged.
+//! address needs an explicit token of at least 32 characters; a shorter one is warned about on
+//! loopback.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use axum::routing::get;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use super::McpServer;
 use crate::config::Paths;
+use crate::front_door::{self, Door, TokenSource};
 use crate::ops::CallerSettings;
 use crate::secrets::Secret;
 
-/// Where the HTTP server listens.
+/// Where the HTTP server listens and which names it answers to.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
     pub host: IpAddr,
     pub port: u16,
+    /// Host names besides the loopback names and `host` (`--allowed-host`, `allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
 }
 
-/// Where the bearer token came from, for the start-up line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    Environment,
-    File(std::path::PathBuf),
-}
-
-/// The token clients must present: the environment's, else the home's token file (created on first use).
+/// The token clients must present: the environment's, else the home's token file (created on
+/// first use). A non-loopback address needs the environment's, of at least 32 characters.
 pub fn load_token(paths: &Paths, host: IpAddr) -> anyhow::Result<(Secret, TokenSource)> {
-    if let Some(token) = std::env::var("OPENCODE_MANAGER_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
+    if !host.is_loopback()
+        && std::env::var("OPENCODE_MANAGER_TOKEN")
+            .ok()
+            .is_none_or(|t| t.is_empty())
     {
-        return Ok((Secret::new(token), TokenSource::Environment));
-    }
-    if !host.is_loopback() {
         bail!(
-            "refusing to listen on {host} without an explicit token: set OPENCODE_MANAGER_TOKEN, or bind 127.0.0.1"
+            "refusing to listen on {host} without an explicit token: set OPENCODE_MANAGER_TOKEN (32 characters or more), or bind 127.0.0.1"
         );
     }
     let path = paths.home().join("mcp-http-token");
-    crate::atomic_file::private_dir(paths.home())
-        .with_context(|| format!("creating {}", paths.home().display()))?;
-    let fresh = crate::secrets::random_hex(32);
-    match crate::atomic_file::create_new(
-        &path,
-        format!("{}\n", fresh.expose()).as_bytes(),
-        crate::atomic_file::PRIVATE,
-    ) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(err) => return Err(err).with_context(|| format!("writing {}", path.display())),
-    }
-    let token = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .trim()
-        .to_owned();
-    if token.is_empty() {
-        bail!(
-            "{} is empty; delete it to have a new token generated",
-            path.display()
-        );
-    }
-    Ok((Secret::new(token), TokenSource::File(path)))
+    front_door::load_token("OPENCODE_MANAGER_TOKEN", &path)
+        .with_context(|| format!("reading the token ({})", path.display()))
 }
 
 /// The router: `/mcp` (authenticated) and `/health`, both behind the Host/Origin guard.
 pub fn router(
     paths: Paths,
     caller: CallerSettings,
-    token: Secret,
+    door: Arc<Door>,
     cancel: CancellationToken,
 ) -> Router {
-    let hosts = crate::http_guard::allowed_hosts();
     let config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(hosts.iter().cloned())
-        .with_allowed_origins(["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"])
+        .with_allowed_hosts(door.hosts().iter().cloned())
+        .with_allowed_origins(door.origin_patterns())
         .with_json_response(true)
         .with_cancellation_token(cancel.child_token());
     let service = StreamableHttpService::new(
@@ -97,9 +66,13 @@ pub fn router(
         LocalSessionManager::default().into(),
         config,
     );
-    let protected = Router::new()
-        .nest_service("/mcp", service)
-        .layer(middleware::from_fn_with_state(Arc::new(token), bearer));
+    let protected =
+        Router::new()
+            .nest_service("/mcp", service)
+            .layer(middleware::from_fn_with_state(
+                door.clone(),
+                front_door::bearer,
+            ));
     Router::new()
         .route(
             "/health",
@@ -108,10 +81,7 @@ pub fn router(
             }),
         )
         .merge(protected)
-        .layer(middleware::from_fn_with_state(
-            crate::http_guard::Guard::loopback(),
-            crate::http_guard::local_only,
-        ))
+        .layer(middleware::from_fn_with_state(door, front_door::host_guard))
 }
 
 /// Serves until `cancel` fires.
@@ -121,49 +91,31 @@ pub async fn serve(
     options: HttpOptions,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    crate::trust::ensure_home(&paths)
+        .map_err(|err| anyhow::anyhow!("the manager home is unsafe: {err} ({})", err.fix))?;
     let (token, source) = load_token(&paths, options.host)?;
+    if let Some(warning) = front_door::check_strength(&token, &source, options.host)
+        .map_err(|refusal| anyhow::anyhow!(refusal))?
+    {
+        tracing::warn!("{warning}");
+    }
     let address = SocketAddr::new(options.host, options.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding {address}"))?;
     let bound = listener.local_addr()?;
     let where_token = match &source {
-        TokenSource::Environment => "from OPENCODE_MANAGER_TOKEN".to_owned(),
+        TokenSource::Environment(var) => format!("from {var}"),
         TokenSource::File(path) => format!("in {}", path.display()),
     };
     tracing::warn!("MCP server listening on http://{bound}/mcp (bearer token {where_token})");
-    let app = router(paths, caller, token, cancel.clone());
+    let door = Door::single(
+        front_door::hosts_for(options.host, &options.allowed_hosts),
+        token,
+    );
+    let app = router(paths, caller, door, cancel.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
         .context("serving HTTP")
-}
-
-async fn bearer(State(token): State<Arc<Secret>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    let ok = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())));
-    if !ok {
-        let reason = if presented.is_none() {
-            "missing bearer token"
-        } else {
-            "invalid bearer token"
-        };
-        let mut response = (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({"error": format!("Unauthorized: {reason}")})),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
-    }
-    next.run(request).await
 }

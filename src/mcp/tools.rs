@@ -13,8 +13,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::McpServer;
-use crate::daemon::protocol::{Envelope, Frame, Request};
-use crate::ops::reply::{ErrorCode, Reply, Status};
+use crate::daemon::protocol::{Envelope, Request};
+use crate::ops::reply::{Reply, Status};
 use crate::ops::start::StartArgs;
 
 /// Arguments of `opencode_start`.
@@ -249,25 +249,12 @@ impl McpServer {
                 }
             }
         });
-        let frame = crate::daemon::client::request(&self.paths, &envelope, |step| {
+        let reply = crate::daemon::client::ask(&self.paths, &envelope, |step| {
             let _ = sender.send(step.to_owned());
         })
         .await;
         drop(sender);
         let _ = forwarder.await;
-        let reply = match frame {
-            Ok(Frame::Reply(reply)) => *reply,
-            Ok(other) => Reply::error(
-                ErrorCode::Internal,
-                format!("unexpected answer from the daemon: {other:?}"),
-                "client and daemon versions may differ",
-            ),
-            Err(err) => Reply::error(
-                ErrorCode::DaemonUnavailable,
-                format!("{err:#}"),
-                "see the manager log (opencode-logs/manager.log in the manager home)",
-            ),
-        };
         to_result(&reply)
     }
 }

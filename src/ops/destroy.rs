@@ -3,6 +3,8 @@
 //! Refuses while `repo/` holds uncommitted changes or commits no remote branch has, unless `force`,
 //! and says what would be lost. Paths to delete are recomputed from the home and the validated name,
 //! never taken from the state file, and a key the user supplied is never deleted. Logs are kept.
+//! The unsaved-work check runs git inside the clone, whose config the agent writes, so it runs
+//! confined like the agent, with hooks and fsmonitor off.
 
 use super::Manager;
 use super::reply::{ErrorCode, Reply, Status};
@@ -26,7 +28,31 @@ pub async fn destroy(manager: &Manager, project_name: &str, force: bool) -> Repl
     let _guard = manager.lock_project(&project).await;
     let repo = paths.repo_dir(&project);
     if !force && crate::git::is_repository(&repo) {
-        let lost = match crate::git::unsaved_work(&repo).await {
+        // The agent writes the clone's config: git runs there as confined as the agent itself.
+        let path_var = std::env::var("PATH").ok();
+        let plan = crate::sandbox::confinement_plan(
+            manager.config(),
+            &project,
+            &crate::sandbox::Reach {
+                key: None,
+                program: None,
+                path_var: path_var.as_deref(),
+                bind_port: None,
+            },
+        );
+        let confinement =
+            match crate::sandbox::confine(manager.config(), manager.isolation_support(), &plan) {
+                Ok(confinement) => confinement,
+                Err(reason) => {
+                    return Reply::error(
+                        ErrorCode::IsolationUnavailable,
+                        format!("cannot check {project}'s clone for unsaved work: {reason}"),
+                        "destroy with force to delete it unchecked",
+                    )
+                    .with_project(project.as_str());
+                }
+            };
+        let lost = match crate::git::unsaved_work(&repo, &confinement).await {
             Ok(lost) => lost,
             Err(err) => vec![format!(
                 "could not check the repository for unsaved work: {err}"

@@ -99,7 +99,7 @@ pub(crate) async fn launch(
         config,
         project,
         &sandbox::Reach {
-            key: &env.ssh_key_path,
+            key: Some(&env.ssh_key_path),
             program: Some(&spec.program),
             path_var,
             bind_port: Some(port),

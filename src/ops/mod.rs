@@ -416,6 +416,15 @@ impl Manager {
         )
     }
 
+    /// Turns a `.env` problem into a reply (`invalid_config`, or `env_too_large`).
+    pub(crate) fn env_failure(err: crate::project_env::EnvError) -> Reply {
+        let code = match err.kind {
+            crate::project_env::EnvErrorKind::Invalid => ErrorCode::InvalidConfig,
+            crate::project_env::EnvErrorKind::TooLarge => ErrorCode::EnvTooLarge,
+        };
+        Reply::error(code, err.message, err.hint)
+    }
+
     pub(crate) fn sandbox_display(&self, project: &ProjectName) -> String {
         self.config().paths.sandbox(project).display().to_string()
     }

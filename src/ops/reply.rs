@@ -58,6 +58,8 @@ pub enum ErrorCode {
     OpencodeUnsupported,
     // The agent program lies where another user could have replaced it.
     OpencodeUntrusted,
+    // A connection to the daemon without its token (from inside a Sandbox, say).
+    Unauthorized,
     Internal,
 }
 

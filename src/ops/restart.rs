@@ -40,8 +40,7 @@ pub async fn restart(
     let env = match crate::project_env::load(&manager.config().paths.env_file(&project)) {
         Ok(env) => env,
         Err(err) => {
-            return Reply::error(ErrorCode::InvalidConfig, err.message, err.hint)
-                .with_project(project.as_str());
+            return Manager::env_failure(err).with_project(project.as_str());
         }
     };
     if let Err(reply) = super::stop::stop_locked(manager, &project, "restarting").await {

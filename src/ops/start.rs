@@ -192,7 +192,7 @@ async fn bootstrap(
     let env = match project_env::load(&env_path) {
         Ok(env) => env,
         Err(err) => {
-            let mut reply = Reply::error(ErrorCode::InvalidConfig, err.message, err.hint);
+            let mut reply = Manager::env_failure(err);
             reply.env_path = Some(env_shown);
             return reply;
         }

@@ -2,8 +2,9 @@
 //!
 //! The daemon holds the [`State`] in memory and writes through on every change: under a sidecar
 //! lock (`opencode-state.lock`, since the rename swaps the JSON file's inode), to a 0600 temp file,
-//! fsync, rename, fsync of the directory. A corrupt file is moved aside and reported, never reset
-//! silently; a file from the Python original is backed up to `opencode-state.json.backup` and migrated.
+//! fsync, rename, fsync of the directory. An unreadable or corrupt file is refused and left exactly
+//! as it is (the daemon then does not start, so nothing acts on a guess); a file from the Python
+//! original is backed up to `opencode-state.json.backup` and migrated.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -61,10 +62,9 @@ impl Store {
         let state = match std::fs::read_to_string(&path) {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(source) => {
-                return Err(StoreError::Io {
-                    action: "reading",
+                return Err(StoreError::Unusable {
                     path,
-                    source,
+                    reason: format!("it cannot be read ({source})"),
                 });
             }
             Ok(text) => match migrate::from_json(&text) {
@@ -97,23 +97,10 @@ impl Store {
                     });
                 }
                 Err(err) => {
-                    let aside = PathBuf::from(format!(
-                        "{}.corrupt-{}",
-                        path.display(),
-                        crate::timestamp::now()
-                    ));
-                    std::fs::rename(&path, &aside).map_err(|source| StoreError::Io {
-                        action: "moving aside corrupt state file",
-                        path: path.clone(),
-                        source,
-                    })?;
-                    report.notices.push(format!(
-                        "state file {} was corrupt ({err}); it was moved to {} and the manager started with no projects; \
-                         sandboxes under opencode-sandboxes/ are untouched",
-                        path.display(),
-                        aside.display()
-                    ));
-                    State::default()
+                    return Err(StoreError::Unusable {
+                        path,
+                        reason: format!("it is not a state file this program can read ({err})"),
+                    });
                 }
             },
         };
@@ -225,22 +212,30 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_file_is_moved_aside_and_reported() {
+    fn a_corrupt_or_truncated_file_is_refused_and_left_untouched() {
         let (dir, paths) = paths();
-        std::fs::write(paths.state_file(), "{ not json").expect("write");
-        let (store, report) = Store::open(&paths).expect("open");
-        assert!(store.snapshot().projects.is_empty());
-        assert_eq!(report.notices.len(), 1, "{:?}", report.notices);
-        let aside: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("ls")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
-            .collect();
-        assert_eq!(aside.len(), 1);
-        assert_eq!(
-            std::fs::read_to_string(aside[0].path()).expect("read"),
-            "{ not json"
-        );
+        for text in [
+            "{ not json",
+            "",
+            "{\"version\": 2, \"projects\": {\"a\": {\"project_",
+        ] {
+            std::fs::write(paths.state_file(), text).expect("write");
+            let err = Store::open(&paths).expect_err("refused");
+            assert_eq!(err.code(), "state_corrupt", "{err}");
+            assert!(err.to_string().contains("opencode-state.json"), "{err}");
+            assert_eq!(
+                std::fs::read_to_string(paths.state_file()).expect("read"),
+                text,
+                "the file is kept as it was"
+            );
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .expect("ls")
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("corrupt") || n.starts_with(".tmp"))
+                .collect();
+            assert!(names.is_empty(), "{names:?}");
+        }
     }
 
     #[test]

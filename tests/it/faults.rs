@@ -244,7 +244,7 @@ pub(crate) fn slow_clone_git(dir: &Path, flag: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).expect("mkdir");
     let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = clone ] && [ -e {flag} ]; then {real} \"$@\" || exit $?; echo $$ > {flag}.pid; while [ -e {flag} ]; do sleep 0.05; done; exit 0; fi\nexec {real} \"$@\"\n",
+        "#!/bin/sh\ncase \" $* \" in *\" clone \"*) if [ -e {flag} ]; then {real} \"$@\" || exit $?; echo $$ > {flag}.pid; while [ -e {flag} ]; do sleep 0.05; done; exit 0; fi;; esac\nexec {real} \"$@\"\n",
         flag = flag.display(),
         real = real.trim()
     );

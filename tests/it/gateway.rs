@@ -456,3 +456,116 @@ fn a_project_stopped_mid_call_is_a_clean_error_and_the_gateway_closes_and_reopen
     assert_eq!(health(&home), Some(200));
     assert_eq!(home.run(&["mcp-status"]).status(), "running");
 }
+
+/// Regression (issue "Isolation and hardening"): stopping the last project while a gateway call
+/// for it was under way sometimes answered HTTP 500, because the closing gateway ended the MCP
+/// session before the handler replied. Twenty rounds in a row must each give a tool error.
+#[test]
+fn a_call_under_way_when_its_project_stops_is_a_tool_error_every_time() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = crate::faults::file_repo(repos.path(), "r");
+    let home = TestHome::fake("ok", "allow_file = true\n");
+    let log = home.path().join("opencode-logs/p-opencode.log");
+    let turns_started = move || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("fake-opencode: turn started")
+            .count()
+    };
+    runtime().block_on(async {
+        for round in 0..20 {
+            let started = home.run_dev(&["start", "p", "--git-url", &url]);
+            assert_eq!(started.status(), "success", "round {round}: {started:?}");
+            let client = connect(&home, &global_token(&home)).await;
+            let peer = client.peer().clone();
+            let pending = tokio::spawn(async move {
+                let mut params = CallToolRequestParams::new("opencode-session-message");
+                params.arguments = json!({"sessionId": "ses_fake", "content": "hi"})
+                    .as_object()
+                    .cloned();
+                peer.call_tool(params).await
+            });
+            tokio::task::spawn_blocking({
+                let turns_started = turns_started.clone();
+                move || {
+                    wait_until("the turn to start", Duration::from_secs(30), || {
+                        turns_started() > round
+                    })
+                }
+            })
+            .await
+            .expect("wait");
+            let stopped = tokio::task::block_in_place(|| home.run(&["stop", "p"]));
+            assert_eq!(stopped.status(), "success", "round {round}: {stopped:?}");
+            let result = tokio::time::timeout(Duration::from_secs(60), pending)
+                .await
+                .expect("no hang")
+                .expect("join")
+                .unwrap_or_else(|e| {
+                    panic!("round {round}: a protocol error, not a tool error: {e}")
+                });
+            assert_eq!(result.is_error, Some(true), "round {round}: {result:?}");
+            let text = result
+                .content
+                .first()
+                .and_then(|c| c.as_text())
+                .map(|t| t.text.clone())
+                .unwrap_or_default();
+            assert!(
+                text.starts_with("Error executing opencode-session-message:"),
+                "round {round}: {text}"
+            );
+            let _ = client.cancel().await;
+        }
+    });
+}
+
+/// Closing the gateway (`stop-mcp-tool`) refuses new connections at once but lets a call under
+/// way finish with its real answer.
+#[test]
+fn a_closing_gateway_finishes_the_calls_under_way() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = crate::faults::file_repo(repos.path(), "r");
+    let home = TestHome::fake("ok", "allow_file = true\n");
+    let started = home.run_dev(&["start", "p", "--git-url", &url]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    let log = home.path().join("opencode-logs/p-opencode.log");
+    runtime().block_on(async {
+        let client = connect(&home, &global_token(&home)).await;
+        let peer = client.peer().clone();
+        let pending = tokio::spawn(async move {
+            let mut params = CallToolRequestParams::new("opencode-session-message");
+            params.arguments = json!({"sessionId": "ses_fake", "content": "hi"})
+                .as_object()
+                .cloned();
+            peer.call_tool(params).await
+        });
+        tokio::task::spawn_blocking(move || {
+            wait_until("the turn to start", Duration::from_secs(30), || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("fake-opencode: turn started")
+            })
+        })
+        .await
+        .expect("wait");
+        let closed = tokio::task::block_in_place(|| home.run(&["stop-mcp-tool"]));
+        assert_eq!(closed.status(), "success", "{closed:?}");
+        assert_ne!(health(&home), Some(200), "no new connection once closed");
+        std::fs::write(home.sandbox("p").join("repo/release-turn"), "").expect("release");
+        let result = tokio::time::timeout(Duration::from_secs(60), pending)
+            .await
+            .expect("no hang")
+            .expect("join")
+            .expect("the call's own answer, not a protocol error");
+        assert_ne!(result.is_error, Some(true), "{result:?}");
+        let text = result
+            .content
+            .first()
+            .and_then(|c| c.as_text())
+            .map(|t| t.text.clone())
+            .unwrap_or_default();
+        assert!(text.contains("turn done"), "{text}");
+        let _ = client.cancel().await;
+    });
+}

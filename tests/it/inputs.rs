@@ -157,30 +157,6 @@ fn the_python_originals_state_file_is_backed_up_and_migrated() {
 }
 
 #[test]
-fn a_corrupt_state_file_is_moved_aside_and_reported() {
-    let home = TestHome::fake("ok", "");
-    std::fs::write(
-        home.path().join("opencode-state.json"),
-        "{\"projects\": [truncated",
-    )
-    .expect("write");
-    let list = home.run(&["list"]);
-    assert!(
-        list.json["warning"]
-            .as_str()
-            .expect("warning")
-            .contains("corrupt"),
-        "{list:?}"
-    );
-    let aside = std::fs::read_dir(home.path())
-        .expect("ls")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
-        .count();
-    assert_eq!(aside, 1);
-}
-
-#[test]
 fn the_human_form_prints_data_on_stdout_and_errors_on_stderr_with_exit_codes() {
     let home = TestHome::fake("ok", "");
     let missing = home.run_human(&["status", "nope"]);

@@ -1,0 +1,159 @@
+//! The daemon's control socket (`opencode-manager.sock`, 0600) and the token that opens it.
+//!
+//! Landlock cannot refuse `connect` to a path-named socket, so a confined agent could reach the
+//! socket; what it cannot do is read `opencode-manager.token` (0600, outside its Sandbox). Every
+//! connection starts with that token on its own line, compared in constant time; a connection
+//! without it gets one refusal and is closed, and nothing is done for it. The daemon removes a
+//! socket only if it is the one it bound (same device and inode).
+
+use std::io;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use subtle::ConstantTimeEq as _;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _};
+use tokio::net::UnixListener;
+
+use crate::config::Paths;
+use crate::secrets::Secret;
+
+/// How long a client has to present its token before the connection is closed.
+const TOKEN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The daemon's token: read from the home, or created (0600) on first start. Kept across
+/// daemons, so a client never races a restart.
+pub fn load_or_create_token(paths: &Paths) -> io::Result<Secret> {
+    let path = paths.daemon_token();
+    let fresh = crate::secrets::random_hex(32);
+    match crate::atomic_file::create_new(
+        &path,
+        format!("{}\n", fresh.expose()).as_bytes(),
+        crate::atomic_file::PRIVATE,
+    ) {
+        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
+        _ => {}
+    }
+    read_token(paths)
+}
+
+/// The token a client presents.
+pub fn read_token(paths: &Paths) -> io::Result<Secret> {
+    let path = paths.daemon_token();
+    let text = std::fs::read_to_string(&path)
+        .map_err(|err| io::Error::new(err.kind(), format!("reading {}: {err}", path.display())))?;
+    let token = text.trim();
+    if token.len() < 32 {
+        return Err(io::Error::other(format!(
+            "{} holds no valid token; delete it and stop the daemon to have a new one made",
+            path.display()
+        )));
+    }
+    Ok(Secret::new(token.to_owned()))
+}
+
+/// Reads the first line of a connection and checks it is the token. Bounded in time and size, so
+/// a client that never sends it cannot hold the daemon.
+pub async fn authenticate(reader: &mut (impl AsyncBufRead + Unpin), token: &Secret) -> bool {
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        TOKEN_DEADLINE,
+        (&mut *reader).take(256).read_line(&mut line),
+    )
+    .await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return false;
+    }
+    let presented = line.trim_end_matches('\n').as_bytes();
+    bool::from(presented.ct_eq(token.expose().as_bytes()))
+}
+
+/// The bound control socket, with the identity of the file it created.
+#[derive(Debug)]
+pub struct ControlSocket {
+    pub listener: UnixListener,
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl ControlSocket {
+    /// Binds the socket, 0600 from creation. A socket file already at the path is removed first:
+    /// the caller holds the home's lock and has found no daemon answering on it.
+    pub fn bind(path: &Path) -> io::Result<ControlSocket> {
+        match std::fs::symlink_metadata(path) {
+            Ok(metadata) if metadata.file_type().is_dir() => {
+                return Err(io::Error::other(format!(
+                    "{} is a directory, not a socket",
+                    path.display()
+                )));
+            }
+            Ok(_) => std::fs::remove_file(path)?,
+            Err(_) => {}
+        }
+        // The socket's mode is its first protection: never wider than 0600, not even for a moment.
+        let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+        let bound = UnixListener::bind(path);
+        rustix::process::umask(previous);
+        let listener = bound?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let identity = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Ok(ControlSocket {
+            listener,
+            path: path.to_owned(),
+            identity,
+        })
+    }
+
+    /// Removes the socket file if it is still the one this daemon bound.
+    pub fn remove_if_ours(&self) {
+        let at_path = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if at_path.is_some() && at_path == self.identity {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_token_line_opens_a_connection() {
+        let token = Secret::new("a".repeat(64));
+        let text = format!("{}\n{{}}\n", "a".repeat(64));
+        let mut good = tokio::io::BufReader::new(text.as_bytes());
+        assert!(authenticate(&mut good, &token).await);
+        let mut rest = String::new();
+        good.read_line(&mut rest).await.expect("read");
+        assert_eq!(rest, "{}\n", "the request line stays for the caller");
+        for bad in [
+            "b".repeat(64),
+            String::new(),
+            "a".repeat(63),
+            "a".repeat(300),
+        ] {
+            let bytes = format!("{bad}\n").into_bytes();
+            let mut reader = tokio::io::BufReader::new(bytes.as_slice());
+            assert!(!authenticate(&mut reader, &token).await, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_replaced_by_someone_else_is_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.sock");
+        let socket = ControlSocket::bind(&path).expect("bind");
+        let mode = std::fs::metadata(&path).expect("meta").mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::remove_file(&path).expect("rm");
+        let other = ControlSocket::bind(&path).expect("second bind");
+        socket.remove_if_ours();
+        assert!(path.exists(), "another daemon's socket must survive");
+        other.remove_if_ours();
+        assert!(!path.exists());
+    }
+}
