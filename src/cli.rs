@@ -220,6 +220,14 @@ async fn run_serve(paths: Paths, cmd: ServeCmd) -> ExitCode {
 }
 
 async fn run_daemon(paths: Paths, stay: bool) -> ExitCode {
+    // The home is checked before anything in it is opened, the log and the config included.
+    if let Err(err) = crate::trust::ensure_home(&paths) {
+        return refused(&daemon::Refused {
+            code: ErrorCode::HomeUnsafe,
+            message: format!("the manager home is unsafe: {err}"),
+            hint: err.fix,
+        });
+    }
     if let Err(err) = crate::atomic_file::private_dir(&paths.logs_dir())
         .and_then(|()| crate::logs::init_daemon_log(&paths.manager_log()))
     {
@@ -229,9 +237,12 @@ async fn run_daemon(paths: Paths, stay: bool) -> ExitCode {
     let config = match Config::load(paths) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("error: {err:#}");
             tracing::error!("invalid configuration: {err:#}");
-            return ExitCode::from(2);
+            return refused(&daemon::Refused {
+                code: ErrorCode::InvalidConfig,
+                message: format!("{err:#}"),
+                hint: "fix opencode-manager.toml in the manager home (see docs/cli.md)".into(),
+            });
         }
     };
     match daemon::run(config, DaemonOptions { stay }, shutdown_signal()).await {
@@ -244,19 +255,23 @@ async fn run_daemon(paths: Paths, stay: bool) -> ExitCode {
             ExitCode::from(daemon::EXIT_ALREADY_RUNNING)
         }
         Ok(_) => ExitCode::SUCCESS,
-        Err(refused) => {
-            // The client that spawned this daemon finds this line in manager.log.
-            let code = serde_json::to_value(refused.code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            eprintln!(
-                "error [{code}]: daemon refused to start: {} | hint: {}",
-                refused.message, refused.hint
-            );
-            ExitCode::from(refused.exit_status())
-        }
+        Err(refusal) => refused(&refusal),
     }
+}
+
+/// Says why the daemon will not start, in the line the client that spawned it looks for in
+/// manager.log, and exits with the status that carries the error code.
+fn refused(refusal: &daemon::Refused) -> ExitCode {
+    let code = serde_json::to_value(refusal.code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    eprintln!(
+        "error [{code}]: daemon refused to start: {} | hint: {}",
+        refusal.message, refusal.hint
+    );
+    tracing::error!("daemon refused to start [{code}]: {}", refusal.message);
+    ExitCode::from(refusal.exit_status())
 }
 
 async fn shutdown_signal() {

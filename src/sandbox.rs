@@ -334,6 +334,36 @@ mod tests {
     }
 
     #[test]
+    fn isolation_modes_decide_how_a_process_is_confined() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::load(Paths::new(dir.path().to_owned())).expect("config");
+        let plan = Plan {
+            home: dir.path().to_owned(),
+            ..Plan::default()
+        };
+        let missing = Support::Unavailable {
+            reason: "no Landlock here".into(),
+        };
+        let auto = confine(&config, &missing, &plan).expect("auto starts anyway");
+        assert_eq!(
+            auto.isolation,
+            Isolation::None {
+                reason: "no Landlock here".into()
+            }
+        );
+        config.isolation = IsolationMode::Required;
+        let refused = confine(&config, &missing, &plan).expect_err("required refuses");
+        assert!(refused.contains("no Landlock here"), "{refused}");
+        config.isolation = IsolationMode::Off;
+        let off = confine(&config, &Support::Landlock { abi: 7 }, &plan).expect("off");
+        assert!(!off.isolation.is_confined());
+        assert_eq!(
+            expected_isolation(&config, &Support::Landlock { abi: 7 }),
+            off.isolation
+        );
+    }
+
+    #[test]
     fn markers_differ_per_home_and_share_a_project_prefix() {
         let project = ProjectName::parse("demo").expect("name");
         let a = Paths::new("/h/a".into());

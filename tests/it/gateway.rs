@@ -25,7 +25,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Starts `project` in development mode with the fake provider as its model.
-fn start_project(
+pub(crate) fn start_project(
     home: &TestHome,
     sshd: &TestSshd,
     llm: &FakeLlm,

@@ -6,9 +6,11 @@
 
 mod faults;
 mod gateway;
+mod hardening;
 mod harness_selftest;
 mod home;
 mod inputs;
+mod isolation;
 mod lifecycle;
 mod mcp;
 mod readme;
