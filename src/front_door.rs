@@ -110,16 +110,26 @@ fn bracketed(host: &str) -> String {
 /// Axum middleware for every route: refuses a foreign Host or Origin with 403.
 pub async fn host_guard(State(door): State<Arc<Door>>, request: Request, next: Next) -> Response {
     if !host_allowed(request.headers(), &door.hosts) {
-        return (
+        return refusal(
             StatusCode::FORBIDDEN,
             "Forbidden: Host header is not allowed",
-        )
-            .into_response();
+        );
     }
     if !origin_allowed(request.headers(), &door.hosts) {
-        return (StatusCode::FORBIDDEN, "Forbidden: Origin is not allowed").into_response();
+        return refusal(StatusCode::FORBIDDEN, "Forbidden: Origin is not allowed");
     }
     next.run(request).await
+}
+
+/// A refusal that also ends the connection. The request's body is never read, so the connection
+/// cannot carry another request; saying so keeps a keep-alive client (httpx) from sending its next
+/// request on a connection the server is closing.
+fn refusal(status: StatusCode, body: impl IntoResponse) -> Response {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Axum middleware for protected routes: requires a token the door knows and records its [`Scope`].
@@ -152,7 +162,7 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 
 fn unauthorized(reason: &str) -> Response {
     let body = serde_json::json!({ "error": format!("Unauthorized: {reason}") });
-    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    let mut response = refusal(StatusCode::UNAUTHORIZED, axum::Json(body));
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

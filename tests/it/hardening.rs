@@ -339,7 +339,7 @@ fn http_on_another_address_answers_its_allowed_hosts_only() {
     assert_eq!(status.code(), Some(1));
 
     let _server = KillOnDrop(spawn(&token));
-    let request = |host: &str, authorization: Option<&str>, path: &str| {
+    let raw_request = |host: &str, authorization: Option<&str>, path: &str, keep_alive: bool| {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -356,19 +356,28 @@ fn http_on_another_address_answers_its_allowed_hosts_only() {
             ("GET", String::new())
         };
         let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        let connection = if keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}{extra}Connection: close\r\n\r\n{}",
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}{extra}{connection}\r\n{}",
             if method == "POST" { body } else { "" }
         )?;
         let mut raw = String::new();
         stream.read_to_string(&mut raw)?;
-        Ok::<u16, std::io::Error>(
-            raw.split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-        )
+        Ok::<String, std::io::Error>(raw)
+    };
+    let status_of = |raw: &str| -> u16 {
+        raw.split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    let request = |host: &str, authorization: Option<&str>, path: &str| {
+        raw_request(host, authorization, path, false).map(|raw| status_of(&raw))
     };
     wait_until("the server to listen", Duration::from_secs(10), || {
         request(&format!("127.0.0.1:{port}"), None, "/health").is_ok_and(|s| s == 200)
@@ -395,4 +404,15 @@ fn http_on_another_address_answers_its_allowed_hosts_only() {
         request(&format!("ocm.test:{port}"), Some("Bearer wrong"), "/mcp").expect("request"),
         401
     );
+    // A refusal leaves the request body unread, so it ends the connection and says so: a
+    // keep-alive client must not send its next request on it. (Read to the end: the server closes.)
+    let raw = raw_request(
+        &format!("ocm.test:{port}"),
+        Some("Bearer wrong"),
+        "/mcp",
+        true,
+    )
+    .expect("the server closes the connection after a refusal")
+    .to_ascii_lowercase();
+    assert!(raw.contains("connection: close"), "{raw}");
 }
