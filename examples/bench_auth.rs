@@ -18,74 +18,14 @@
     clippy::disallowed_methods
 )]
 
-#[path = "support/pyclient.rs"]
-mod pyclient;
+#[path = "support/mod.rs"]
+mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn manifest(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .map_or(default, |n| n.parse().unwrap())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn git(args: &[&str], cwd: &Path) {
-    let ok = Command::new("git")
-        .args([
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(cwd)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
-/// Stops the projects and the daemon whatever happens.
-struct Cleanup {
-    bin: PathBuf,
-    home: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.bin)
-            .args(["stop", "--all"])
-            .env("OPENCODE_MANAGER_HOME", &self.home)
-            .output();
-        if let Ok(pid) = std::fs::read_to_string(self.home.join("opencode-manager.lock")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-    }
-}
-
-fn ms(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort();
-    samples[((samples.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
-}
+use support::{Home, arg, file_repo, free_port, manifest, ms, pyclient};
 
 const HTTPX_PROGRAM: &str = r#"
 import json, sys, time, httpx
@@ -109,63 +49,24 @@ print(json.dumps({"p50": pick(0.5), "p99": pick(0.99)}))
 fn main() {
     let requests = arg("--requests", 500);
     let projects = arg("--projects", 10);
-    let bin = manifest("target/release/opencode-manager");
-    let fake = manifest("target/release/fake-opencode");
-    assert!(
-        bin.exists() && fake.exists(),
-        "build first: cargo build --release --all-features"
-    );
     let scratch = tempfile::tempdir().unwrap();
-    let home = scratch.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
     let gateway_port = free_port();
     let port_min = 42000 + (std::process::id() % 1000) as u16 * 10;
-    std::fs::write(
-        home.join("opencode-manager.toml"),
-        format!(
+    let home = Home::new(
+        scratch.path().join("home"),
+        &format!(
             "allow_file = true\ngateway_port = {gateway_port}\nport_min = {port_min}\nport_max = {}\nidle_timeout_secs = 0\n",
             port_min + 9 + projects as u16
         ),
-    )
-    .unwrap();
-    let work = scratch.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let bare = scratch.path().join("r.git");
-    git(
-        &["init", "-q", "--bare", bare.to_str().unwrap()],
-        scratch.path(),
+        manifest("target/release/fake-opencode"),
     );
-    git(&["init", "-q"], &work);
-    std::fs::write(work.join("README.md"), "bench\n").unwrap();
-    git(&["add", "."], &work);
-    git(&["commit", "-qm", "init"], &work);
-    git(&["push", "-q", bare.to_str().unwrap(), "HEAD:main"], &work);
-    let _cleanup = Cleanup {
-        bin: bin.clone(),
-        home: home.clone(),
-    };
-    let cli = |args: &[&str]| {
-        Command::new(&bin)
-            .args(args)
-            .arg("--json")
-            .env("OPENCODE_MANAGER_HOME", &home)
-            .env("OPENCODE_BIN", &fake)
-            .env("ENVIRONMENT", "development")
-            .output()
-            .unwrap()
-    };
+    let repo = file_repo(scratch.path());
     for i in 0..projects {
         let name = format!("p{i}");
-        let out = cli(&[
-            "start",
-            &name,
-            "--git-url",
-            &format!("file://{}", bare.display()),
-        ]);
-        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let reply = home.cli(&["start", &name, "--git-url", &repo]);
         assert_eq!(reply["status"], "success", "{reply}");
         // Pad the .env to 60 KiB with comments: what a request used to make the daemon read.
-        let env = home.join(format!("opencode-sandboxes/{name}/.env"));
+        let env = home.dir.join(format!("opencode-sandboxes/{name}/.env"));
         let mut text = std::fs::read_to_string(&env).unwrap();
         while text.len() < 60 * 1024 {
             text.push_str("# padding padding padding padding padding padding padding padding\n");
@@ -219,8 +120,7 @@ fn main() {
         let mut samples: Vec<Duration> = (0..5)
             .map(|_| {
                 let t = Instant::now();
-                let out = cli(&["list"]);
-                assert!(out.status.success());
+                assert_eq!(home.cli(&["list"])["status"], "success");
                 t.elapsed()
             })
             .collect();

@@ -16,73 +16,19 @@
     clippy::disallowed_methods
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Instant;
 
 use rmcp::model::{CallToolRequestParams, ProtocolVersion};
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient};
+use support::{Home, arg, file_repo, free_port, manifest, ms};
 
 type Client = RunningService<RoleClient, ()>;
-
-fn manifest(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn git(args: &[&str], cwd: &Path) {
-    let ok = Command::new("git")
-        .args([
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(cwd)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
-/// Stops the project and the daemon whatever happens.
-struct Cleanup {
-    bin: PathBuf,
-    home: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.bin)
-            .args(["stop", "--all"])
-            .env("OPENCODE_MANAGER_HOME", &self.home)
-            .output();
-        if let Ok(pid) = std::fs::read_to_string(self.home.join("opencode-manager.lock")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-    }
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let at = |p: f64| {
-        samples[((samples.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
-    };
-    (at(0.50), at(0.99))
-}
 
 async fn connect(port: u16, token: &str) -> Client {
     let config =
@@ -107,78 +53,21 @@ async fn session_list(client: &Client) {
 }
 
 fn main() {
-    let calls: usize = std::env::args()
-        .skip_while(|a| a != "--calls")
-        .nth(1)
-        .map(|n| n.parse().unwrap())
-        .unwrap_or(1000);
-    let bin = manifest("target/release/opencode-manager");
-    let opencode = manifest(".tools/node_modules/.bin/opencode");
-    assert!(bin.exists(), "build first: cargo build --release");
-    assert!(
-        opencode.exists(),
-        "install OpenCode first: scripts/test (it installs opencode-ai into .tools/)"
-    );
+    let calls = arg("--calls", 1000);
     let scratch = tempfile::tempdir().unwrap();
-    let home = scratch.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
     let gateway_port = free_port();
-    std::fs::write(
-        home.join("opencode-manager.toml"),
-        format!("allow_file = true\ngateway_port = {gateway_port}\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n"),
-    )
-    .unwrap();
-    let work = scratch.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    git(
-        &[
-            "init",
-            "-q",
-            "--bare",
-            scratch.path().join("r.git").to_str().unwrap(),
-        ],
-        scratch.path(),
+    let home = Home::new(
+        scratch.path().join("home"),
+        &format!(
+            "allow_file = true\ngateway_port = {gateway_port}\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n"
+        ),
+        manifest(".tools/node_modules/.bin/opencode"),
     );
-    git(&["init", "-q"], &work);
-    std::fs::write(work.join("README.md"), "bench\n").unwrap();
-    git(&["add", "."], &work);
-    git(&["commit", "-qm", "init"], &work);
-    git(
-        &[
-            "push",
-            "-q",
-            scratch.path().join("r.git").to_str().unwrap(),
-            "HEAD:main",
-        ],
-        &work,
-    );
-    let _cleanup = Cleanup {
-        bin: bin.clone(),
-        home: home.clone(),
-    };
-    let started = Command::new(&bin)
-        .args([
-            "start",
-            "bench",
-            "--json",
-            "--git-url",
-            &format!("file://{}", scratch.path().join("r.git").display()),
-        ])
-        .env("OPENCODE_MANAGER_HOME", &home)
-        .env("OPENCODE_BIN", &opencode)
-        .env("ENVIRONMENT", "development")
-        .output()
-        .unwrap();
-    let reply: serde_json::Value = serde_json::from_slice(&started.stdout).unwrap();
+    let reply = home.cli(&["start", "bench", "--git-url", &file_repo(scratch.path())]);
     assert_eq!(reply["status"], "success", "{reply}");
     let port = reply["opencode_port"].as_u64().unwrap() as u16;
-    let env = std::fs::read_to_string(home.join("opencode-sandboxes/bench/.env")).unwrap();
-    let password = env
-        .lines()
-        .find_map(|l| l.strip_prefix("OPENCODE_SERVER_PASSWORD="))
-        .unwrap()
-        .to_owned();
-    let token = std::fs::read_to_string(home.join("global-mcp-token"))
+    let password = home.env_value("bench", "OPENCODE_SERVER_PASSWORD");
+    let token = std::fs::read_to_string(home.dir.join("global-mcp-token"))
         .unwrap()
         .trim()
         .to_owned();
@@ -217,8 +106,8 @@ fn main() {
             through.push(t.elapsed());
         }
         client.cancel().await.unwrap();
-        let (d50, d99) = percentiles(direct);
-        let (g50, g99) = percentiles(through);
+        let (d50, d99) = (ms(&mut direct, 0.5), ms(&mut direct, 0.99));
+        let (g50, g99) = (ms(&mut through, 0.5), ms(&mut through, 0.99));
         println!("Gateway overhead, {calls} calls each (milliseconds)\n");
         println!("| path | p50 | p99 |\n|---|---|---|");
         println!("| GET /session straight to OpenCode | {d50:.3} | {d99:.3} |");
@@ -257,7 +146,7 @@ fn main() {
             elapsed.as_secs_f64()
         );
     });
-    let daemon = std::fs::read_to_string(home.join("opencode-manager.lock"))
+    let daemon = std::fs::read_to_string(home.dir.join("opencode-manager.lock"))
         .unwrap()
         .trim()
         .to_owned();

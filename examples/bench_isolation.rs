@@ -16,91 +16,28 @@
     clippy::disallowed_methods
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use opencode_manager::config::{Config, Paths};
 use opencode_manager::instance::confine::{self, Support};
 use opencode_manager::project::ProjectName;
 use opencode_manager::sandbox::{self, Reach};
+use support::{Home, arg, file_repo, free_port, manifest};
 
-fn manifest(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn git(args: &[&str], cwd: &Path) {
-    let ok = Command::new("git")
-        .args([
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(cwd)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
-struct Home {
-    dir: PathBuf,
-    bin: PathBuf,
-    opencode: PathBuf,
-}
-
-impl Home {
-    fn new(root: &Path, name: &str, isolation: &str, port_min: u16) -> Home {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("opencode-manager.toml"),
-            format!(
-                "allow_file = true\nisolation = \"{isolation}\"\ngateway_port = {}\nport_min = {port_min}\nport_max = {}\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n",
-                free_port(),
-                port_min + 5
-            ),
-        )
-        .unwrap();
-        Home {
-            dir,
-            bin: manifest("target/release/opencode-manager"),
-            opencode: manifest(".tools/node_modules/.bin/opencode"),
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .arg("--json")
-            .env("OPENCODE_MANAGER_HOME", &self.dir)
-            .env("OPENCODE_BIN", &self.opencode)
-            .env("ENVIRONMENT", "development")
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let _ = self.cli(&["stop", "--all"]);
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("opencode-manager.lock")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-    }
+/// A home whose instances run the real OpenCode, with `isolation` as given.
+fn home(root: &std::path::Path, name: &str, isolation: &str, port_min: u16) -> Home {
+    Home::new(
+        root.join(name),
+        &format!(
+            "allow_file = true\nisolation = \"{isolation}\"\ngateway_port = {}\nport_min = {port_min}\nport_max = {}\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n",
+            free_port(),
+            port_min + 5
+        ),
+        manifest(".tools/node_modules/.bin/opencode"),
+    )
 }
 
 fn stats(samples: &mut [Duration]) -> (f64, f64, f64) {
@@ -114,10 +51,7 @@ fn stats(samples: &mut [Duration]) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip_while(|a| a != "--rounds")
-        .nth(1)
-        .map_or(10, |n| n.parse().unwrap());
+    let rounds = arg("--rounds", 10);
     let Support::Landlock { abi } = confine::detect() else {
         panic!("this machine offers no Landlock: {:?}", confine::detect());
     };
@@ -158,22 +92,10 @@ fn main() {
     );
 
     // Restarts of a real OpenCode, confined and not, alternating.
-    let work = scratch.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let bare = scratch.path().join("r.git");
-    git(
-        &["init", "-q", "--bare", bare.to_str().unwrap()],
-        scratch.path(),
-    );
-    git(&["init", "-q"], &work);
-    std::fs::write(work.join("README.md"), "bench\n").unwrap();
-    git(&["add", "."], &work);
-    git(&["commit", "-qm", "init"], &work);
-    git(&["push", "-q", bare.to_str().unwrap(), "HEAD:main"], &work);
-    let url = format!("file://{}", bare.display());
+    let url = file_repo(scratch.path());
     let base = 43000 + (std::process::id() % 500) as u16 * 20;
-    let confined = Home::new(scratch.path(), "confined", "auto", base);
-    let open = Home::new(scratch.path(), "open", "off", base + 10);
+    let confined = home(scratch.path(), "confined", "auto", base);
+    let open = home(scratch.path(), "open", "off", base + 10);
     for home in [&confined, &open] {
         let reply = home.cli(&["start", "p", "--git-url", &url]);
         assert_eq!(reply["status"], "success", "{reply}");

@@ -16,48 +16,29 @@
     clippy::disallowed_methods
 )]
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{Home, arg, file_repo, free_port, manifest};
 
-fn manifest(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
+/// The home, and waiting on its state file.
 struct Bench {
-    bin: PathBuf,
-    opencode: PathBuf,
-    home: PathBuf,
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        let _ = self.cli(&["stop", "--all"]);
-        if let Ok(pid) = std::fs::read_to_string(self.home.join("opencode-manager.lock")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-    }
+    home: Home,
 }
 
 impl Bench {
     fn cli(&self, args: &[&str]) -> Value {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .arg("--json")
-            .env("OPENCODE_MANAGER_HOME", &self.home)
-            .env("OPENCODE_BIN", &self.opencode)
-            .env("ENVIRONMENT", "development")
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        self.home.cli(args)
     }
 
     fn state(&self) -> Value {
         serde_json::from_str(
-            &std::fs::read_to_string(self.home.join("opencode-state.json")).unwrap_or_default(),
+            &std::fs::read_to_string(self.home.dir.join("opencode-state.json")).unwrap_or_default(),
         )
         .unwrap_or(Value::Null)
     }
@@ -66,7 +47,7 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !done(&self.state()) {
             if Instant::now() >= deadline {
-                let log = std::fs::read_to_string(self.home.join("opencode-logs/manager.log"))
+                let log = std::fs::read_to_string(self.home.dir.join("opencode-logs/manager.log"))
                     .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 panic!(
@@ -78,24 +59,6 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-fn git(args: &[&str], cwd: &Path) {
-    let ok = Command::new("git")
-        .args([
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(cwd)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
 }
 
 /// One stateless MCP call to the gateway; returns when the reply is complete.
@@ -134,51 +97,24 @@ fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let runs: usize = std::env::args()
-        .skip_while(|a| a != "--runs")
-        .nth(1)
-        .map(|n| n.parse().unwrap())
-        .unwrap_or(20);
-    let bin = manifest("target/release/opencode-manager");
-    let opencode = manifest(".tools/node_modules/.bin/opencode");
-    assert!(bin.exists(), "build first: cargo build --release");
-    assert!(opencode.exists(), "install OpenCode first: scripts/test");
+    let runs = arg("--runs", 20);
     let scratch = tempfile::tempdir().unwrap();
-    let home = scratch.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let gateway_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        home.join("opencode-manager.toml"),
-        format!("allow_file = true\ngateway_port = {gateway_port}\nidle_timeout_secs = 1\nsupervisor_probe_interval_secs = 1\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n"),
-    )
-    .unwrap();
-    let work = scratch.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let bare = scratch.path().join("r.git");
-    git(
-        &["init", "-q", "--bare", bare.to_str().unwrap()],
-        scratch.path(),
-    );
-    git(&["init", "-q"], &work);
-    std::fs::write(work.join("README.md"), "bench\n").unwrap();
-    git(&["add", "."], &work);
-    git(&["commit", "-qm", "init"], &work);
-    git(&["push", "-q", bare.to_str().unwrap(), "HEAD:main"], &work);
+    let gateway_port = free_port();
     let bench = Bench {
-        bin,
-        opencode,
-        home: home.clone(),
+        home: Home::new(
+            scratch.path().join("home"),
+            &format!(
+                "allow_file = true\ngateway_port = {gateway_port}\nidle_timeout_secs = 1\nsupervisor_probe_interval_secs = 1\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\n"
+            ),
+            manifest(".tools/node_modules/.bin/opencode"),
+        ),
     };
-    let url = format!("file://{}", bare.display());
+    let url = file_repo(scratch.path());
     assert_eq!(
         bench.cli(&["start", "p", "--git-url", &url])["status"],
         "success"
     );
-    let token = std::fs::read_to_string(home.join("global-mcp-token"))
+    let token = std::fs::read_to_string(bench.home.dir.join("global-mcp-token"))
         .unwrap()
         .trim()
         .to_owned();

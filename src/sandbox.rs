@@ -209,9 +209,9 @@ pub struct Reach<'a> {
     pub bind_port: Option<u16>,
 }
 
-/// What a process of `project` may reach: its `repo/` and `instance/` read-write, its deploy key
-/// and `known_hosts` read-only, the agent's installation, `PATH` and `isolation_paths` read and
-/// execute. Nothing else under the home.
+/// What a process of `project` may reach: its `repo/` and `instance/` read-write, its deploy key,
+/// `known_hosts` and the manager-wide `opencode-config.json` read-only, the agent's installation,
+/// `PATH` and `isolation_paths` read and execute. Nothing else under the home.
 pub fn confinement_plan(config: &Config, project: &ProjectName, reach: &Reach<'_>) -> Plan {
     let paths = &config.paths;
     let mut plan = Plan {
@@ -222,6 +222,10 @@ pub fn confinement_plan(config: &Config, project: &ProjectName, reach: &Reach<'_
         program: None,
         bind_port: reach.bind_port,
     };
+    // The manager-wide OpenCode config is every Instance's (`OPENCODE_CONFIG` points at it).
+    if paths.opencode_config().is_file() {
+        plan.read_files.push(paths.opencode_config());
+    }
     if let Some(key) = reach.key {
         plan.read_files.push(key.to_owned());
         let public_key = PathBuf::from(format!("{}.pub", key.display()));

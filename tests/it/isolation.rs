@@ -266,3 +266,33 @@ fn without_isolation_the_agent_reads_the_home_and_the_start_warns() {
     let token = std::fs::read_to_string(home.path().join("global-mcp-token")).expect("token");
     assert_eq!(leaked.trim(), token.trim());
 }
+
+/// The manager-wide `opencode-config.json` is every confined instance's OpenCode config: OpenCode
+/// reads it (here it names the model provider) although nothing else under the home is readable.
+#[test]
+fn the_manager_wide_opencode_config_reaches_a_confined_instance() {
+    let sshd = TestSshd::start();
+    let llm = FakeLlm::start();
+    let home = TestHome::real();
+    let config = home.path().join("opencode-config.json");
+    std::fs::write(&config, llm.config_content("allow")).expect("write");
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let url = sshd.create_repo("d");
+    let waiting = home.run_dev(&["start", "d", "--git-url", &url]);
+    assert_eq!(waiting.status(), "waiting_for_key", "{waiting:?}");
+    sshd.authorize(waiting.json["public_key"].as_str().expect("key"));
+    let started = home.run_dev(&["start", "d", "--git-url", &url]);
+    assert_eq!(started.status(), "success", "{started:?}");
+    assert_eq!(
+        started.json["provider"]["model"], "fake/m1",
+        "OpenCode read the manager-wide config: {started:?}"
+    );
+    let status = home.run(&["status", "d"]);
+    assert!(
+        status.json["isolation"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("landlock ABI ")),
+        "{status:?}"
+    );
+}
