@@ -3,17 +3,20 @@
 //! Steps 6–8 of the start workflow: choose the port, spawn `opencode serve` isolated and detached,
 //! record it as `starting` *before* waiting (so a daemon killed now can adopt it), then wait for the
 //! listening line and a healthy answer. A process that exits first is reported with its exit status
-//! and log tail. Afterwards an exit watcher records how the Instance ended.
+//! and log tail. Afterwards an exit watcher records how the Instance ended. Finding and vetting the
+//! program is `program`; waiting for readiness is `ready`.
 
-use std::path::Path;
+mod program;
+mod ready;
+
 use std::time::Duration;
 
 use super::reply::{ErrorCode, ProviderReport, Reply};
 use super::{Manager, Progress};
 use crate::instance::api::InstanceApi;
 use crate::instance::confine::Isolation;
+use crate::instance::ports;
 use crate::instance::process::{self, LaunchSpec};
-use crate::instance::{binary, ports};
 use crate::project::ProjectName;
 use crate::project_env::ProjectEnv;
 use crate::sandbox::{self, InstanceDirs, InstanceEnvSpec};
@@ -27,8 +30,6 @@ pub(crate) struct Launched {
     pub isolation: Isolation,
 }
 
-const LISTENING: &str = "opencode server listening on";
-
 /// Launches the Instance of `project` and waits until it answers; records every step in state.
 pub(crate) async fn launch(
     manager: &Manager,
@@ -38,7 +39,7 @@ pub(crate) async fn launch(
 ) -> Result<Launched, Reply> {
     let config = manager.config();
     let paths = &config.paths;
-    let program = resolve_program(manager, env, progress).await?;
+    let program = program::resolve_program(manager, env, progress).await?;
 
     let limits = effective_limits(manager, env)?;
     check_budget(manager, project, &limits)?;
@@ -159,7 +160,7 @@ pub(crate) async fn launch(
         .map_err(Manager::store_failure)?;
 
     let api = InstanceApi::new(port, env.password.clone());
-    let ready = wait_ready(&mut child, &api, &log, log_start, config.ready_timeout).await;
+    let ready = ready::wait_ready(&mut child, &api, &log, log_start, config.ready_timeout).await;
     if let Err(failure) = ready {
         if failure.still_running {
             process::terminate(proc, &marker, Duration::from_secs(2)).await;
@@ -354,179 +355,6 @@ fn check_budget(
     ))
 }
 
-/// Finds the agent program (installing the managed copy on first need), refuses one another user
-/// could have replaced, and refuses a major version this manager cannot drive.
-async fn resolve_program(
-    manager: &Manager,
-    env: &ProjectEnv,
-    progress: &Progress,
-) -> Result<std::path::PathBuf, Reply> {
-    let program = find_program(manager, env, progress).await?;
-    crate::trust::check_program(&program).map_err(|err| {
-        Reply::error(
-            ErrorCode::OpencodeUntrusted,
-            format!("refusing to run {}: {err}", program.display()),
-            err.fix,
-        )
-    })?;
-    let version = manager
-        .program_version(&program)
-        .await
-        .map_err(|why| Reply::error(ErrorCode::OpencodeStartFailed, why, "check OPENCODE_BIN"))?;
-    if !binary::is_supported(&version) {
-        return Err(Reply::error(
-            ErrorCode::OpencodeUnsupported,
-            format!(
-                "{} is OpenCode {version}; this manager drives OpenCode {}.x (OpenCode 2 changed its server API)",
-                program.display(),
-                binary::SUPPORTED_MAJOR
-            ),
-            format!(
-                "point OPENCODE_BIN at OpenCode 1.x, or remove OPENCODE_BIN (and any opencode 2 on PATH) so the manager installs its managed copy, opencode-ai@{}",
-                crate::config::OPENCODE_VERSION
-            ),
-        ));
-    }
-    Ok(program)
-}
-
-async fn find_program(
-    manager: &Manager,
-    env: &ProjectEnv,
-    progress: &Progress,
-) -> Result<std::path::PathBuf, Reply> {
-    let config = manager.config();
-    let not_found =
-        |err: binary::NotFound| Reply::error(ErrorCode::OpencodeNotFound, err.message, err.hint);
-    if let Some((program, _)) = binary::find(
-        env.opencode_bin.as_deref(),
-        config.opencode_bin.as_deref(),
-        &config.paths,
-    )
-    .map_err(not_found)?
-    {
-        return Ok(program);
-    }
-    let _guard = manager.install_lock().lock().await;
-    if let Some((program, _)) = binary::find(
-        env.opencode_bin.as_deref(),
-        config.opencode_bin.as_deref(),
-        &config.paths,
-    )
-    .map_err(not_found)?
-    {
-        return Ok(program);
-    }
-    progress.step(format!(
-        "opencode not found; installing opencode-ai@{} with npm (once)",
-        crate::config::OPENCODE_VERSION
-    ));
-    binary::install(&config.paths).await.map_err(not_found)
-}
-
-struct NotReady {
-    reply: Reply,
-    still_running: bool,
-}
-
-/// Waits for the listening line in the log (then a healthy answer), the process's exit, or the deadline.
-async fn wait_ready(
-    child: &mut tokio::process::Child,
-    api: &InstanceApi,
-    log: &Path,
-    log_start: u64,
-    timeout: Duration,
-) -> Result<(), NotReady> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    // Poll health even without the line after a while, in case a future OpenCode prints it differently.
-    let poll_anyway_after = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let tail = log_tail_since(log, log_start);
-            let port_busy = tail.iter().any(|l| l.contains("ServeError"));
-            let (code, hint) = if port_busy {
-                (
-                    ErrorCode::PortUnavailable,
-                    "OpenCode could not listen on its port; another process may have taken it. Call start again to pick another port",
-                )
-            } else {
-                (
-                    ErrorCode::OpencodeStartFailed,
-                    "see the log tail above and the project's log file",
-                )
-            };
-            let mut reply = Reply::error(
-                code,
-                format!(
-                    "OpenCode exited before it was ready ({}); log tail: {}",
-                    describe_exit(status),
-                    tail.join(" | ")
-                ),
-                hint,
-            );
-            reply.lines = Some(tail);
-            return Err(NotReady {
-                reply,
-                still_running: false,
-            });
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            let tail = log_tail_since(log, log_start);
-            let mut reply = Reply::error(
-                ErrorCode::OpencodeUnhealthy,
-                format!(
-                    "OpenCode did not become healthy within {}s",
-                    timeout.as_secs()
-                ),
-                "see the log tail; the process was stopped",
-            );
-            reply.lines = Some(tail);
-            return Err(NotReady {
-                reply,
-                still_running: true,
-            });
-        }
-        let listening = log_since(log, log_start).contains(LISTENING);
-        if (listening || now >= poll_anyway_after)
-            && api.health(Duration::from_millis(500)).await.is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn log_since(log: &Path, start: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut text = String::new();
-    if let Ok(mut file) = std::fs::File::open(log) {
-        let _ = file.seek(SeekFrom::Start(start));
-        let _ = file.take(1024 * 1024).read_to_string(&mut text);
-    }
-    text
-}
-
-fn log_tail_since(log: &Path, start: u64) -> Vec<String> {
-    let text = log_since(log, start);
-    let lines: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(crate::logs::strip_ansi)
-        .collect();
-    lines[lines.len().saturating_sub(20)..].to_vec()
-}
-
-/// "exit code 3" or "killed by signal 9".
-pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        _ => "unknown exit".into(),
-    }
-}
-
 /// Records how a spawned Instance ends, if it is still the recorded launch.
 fn watch_exit(
     manager: Manager,
@@ -540,7 +368,7 @@ fn watch_exit(
             manager.set_watched(&launch_id, false);
             return;
         };
-        let mut how = describe_exit(status);
+        let mut how = ready::describe_exit(status);
         if manager.enforcement_facts(project.as_str()).0 {
             how.push_str(", killed by the kernel's OOM killer: the memory limit was reached");
         }
