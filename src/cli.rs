@@ -14,9 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, Paths};
 use crate::daemon::protocol::{Envelope, Request};
 use crate::daemon::{self, DaemonOptions};
+use crate::error::ErrorCode;
 use crate::ops::CallerSettings;
-use crate::ops::reply::{ErrorCode, Reply, Status};
 use crate::ops::start::StartArgs;
+use crate::reply::{Reply, Status};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -218,11 +218,11 @@ pub struct Config {
     /// Seed each Instance's config dir so OpenCode skips its background npm install (testing-recipes §3.3).
     pub seed_plugin_stub: bool,
     /// Default per-Instance limits (a Project's `.env` may set its own).
-    pub limits: crate::instance::limits::Limits,
+    pub limits: crate::limits::Limits,
     /// Aggregate memory for all Instances; a start that would exceed it is refused.
     pub memory_budget: Option<u64>,
     /// The supervisor's policy (restart backoff, probes, idle parking).
-    pub supervision: crate::supervisor::policy::Policy,
+    pub supervision: crate::policy::Policy,
     /// Extra, non-secret variables for every Instance (for example `OPENCODE_DISABLE_MODELS_FETCH`).
     pub instance_env: BTreeMap<String, String>,
     pub isolation: IsolationMode,
@@ -297,7 +297,7 @@ impl Config {
                 );
             }
         }
-        let limits = crate::instance::limits::Limits::parse(
+        let limits = crate::limits::Limits::parse(
             file.memory_max.as_deref(),
             file.cpu_max.as_deref(),
             file.tasks_max.as_deref(),
@@ -306,7 +306,7 @@ impl Config {
         let memory_budget = file
             .memory_budget
             .as_deref()
-            .map(crate::instance::limits::parse_bytes)
+            .map(crate::limits::parse_bytes)
             .transpose()
             .map_err(|err| anyhow::anyhow!("memory_budget in {}: {err}", path.display()))?;
         Ok(Config {
@@ -327,8 +327,8 @@ impl Config {
             },
             seed_plugin_stub: file.seed_plugin_stub.unwrap_or(true),
             supervision: {
-                let defaults = crate::supervisor::policy::Policy::default();
-                crate::supervisor::policy::Policy {
+                let defaults = crate::policy::Policy::default();
+                crate::policy::Policy {
                     // 0 turns idle parking off.
                     idle_timeout: match file.idle_timeout_secs {
                         Some(0) => None,

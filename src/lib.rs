@@ -12,8 +12,12 @@ pub mod mcp;
 pub mod ops;
 
 pub mod config;
+pub mod error;
+pub mod limits;
+pub mod policy;
 pub mod project;
 pub mod project_env;
+pub mod reply;
 pub mod state;
 
 pub mod deploy_key;

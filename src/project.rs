@@ -8,14 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Why a name or URL was refused: a stable code, a message and a hint for the user.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct InputError {
-    pub code: &'static str,
-    pub message: String,
-    pub hint: String,
-}
+use crate::error::{ErrorCode, OpError};
 
 /// A Project's name: `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`, so it is safe as a path component,
 /// a file name prefix and a JSON key.
@@ -26,12 +19,13 @@ pub struct ProjectName(String);
 impl ProjectName {
     pub const MAX_LEN: usize = 64;
 
-    pub fn parse(raw: &str) -> Result<ProjectName, InputError> {
-        let refuse = |why: &str| InputError {
-            code: "invalid_project_name",
-            message: format!("invalid project name {}: {why}", shown(raw)),
-            hint: "use 1 to 64 ASCII letters, digits, '-' or '_', starting with a letter or digit"
-                .into(),
+    pub fn parse(raw: &str) -> Result<ProjectName, OpError> {
+        let refuse = |why: &str| {
+            OpError::new(
+                ErrorCode::InvalidProjectName,
+                format!("invalid project name {}: {why}", shown(raw)),
+                "use 1 to 64 ASCII letters, digits, '-' or '_', starting with a letter or digit",
+            )
         };
         let mut chars = raw.chars();
         match chars.next() {
@@ -56,7 +50,7 @@ impl ProjectName {
 }
 
 impl TryFrom<String> for ProjectName {
-    type Error = InputError;
+    type Error = OpError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         ProjectName::parse(&value)
     }
@@ -99,13 +93,13 @@ pub struct GitUrl {
 }
 
 impl GitUrl {
-    pub fn parse(raw: &str, policy: UrlPolicy) -> Result<GitUrl, InputError> {
+    pub fn parse(raw: &str, policy: UrlPolicy) -> Result<GitUrl, OpError> {
         let refuse = |why: &str| {
-            InputError {
-            code: "invalid_git_url",
-            message: format!("invalid git URL: {why}"),
-            hint: "give an SSH URL such as git@github.com:owner/repo.git or ssh://git@host:22/owner/repo.git".into(),
-        }
+            OpError::new(
+                ErrorCode::InvalidGitUrl,
+                format!("invalid git URL: {why}"),
+                "give an SSH URL such as git@github.com:owner/repo.git or ssh://git@host:22/owner/repo.git",
+            )
         };
         if raw.is_empty() {
             return Err(refuse("it is empty"));
@@ -225,7 +219,7 @@ mod tests {
             "..",
         ] {
             let err = ProjectName::parse(bad).expect_err(bad);
-            assert_eq!(err.code, "invalid_project_name", "{bad}");
+            assert_eq!(err.code, ErrorCode::InvalidProjectName, "{bad}");
         }
     }
 
@@ -259,7 +253,7 @@ mod tests {
             "ftp://x/y",
         ] {
             let err = GitUrl::parse(bad, policy).expect_err(bad);
-            assert_eq!(err.code, "invalid_git_url", "{bad}");
+            assert_eq!(err.code, ErrorCode::InvalidGitUrl, "{bad}");
         }
     }
 

@@ -16,8 +16,9 @@ use tokio::net::UnixStream;
 
 use super::protocol::{Envelope, Frame, Request};
 use crate::config::Paths;
+use crate::error::ErrorCode;
 use crate::ops::CallerSettings;
-use crate::ops::reply::{ErrorCode, Reply};
+use crate::reply::Reply;
 
 /// How long a client waits for a daemon it started to accept connections.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);

@@ -22,8 +22,9 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::ops::reply::{ErrorCode, Reply};
+use crate::error::ErrorCode;
 use crate::ops::{self, Manager, Progress};
+use crate::reply::Reply;
 use crate::secrets::Secret;
 use lock::{Acquired, HomeLock, Verified};
 use protocol::{Envelope, Frame, Request};
@@ -124,11 +125,7 @@ pub async fn run(
     })?;
 
     let manager = Manager::open(config).map_err(|err| Refused {
-        code: if err.code() == "state_corrupt" {
-            ErrorCode::StateCorrupt
-        } else {
-            ErrorCode::Internal
-        },
+        code: err.code(),
         message: format!("{err}; the daemon did not start and changed nothing"),
         hint: format!(
             "running instances keep running. Restore {path} from {path}.backup or a backup of your own, or fix it; \

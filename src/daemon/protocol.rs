@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ops::CallerSettings;
-use crate::ops::reply::Reply;
 use crate::ops::start::StartArgs;
+use crate::reply::Reply;
 
 /// One operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]

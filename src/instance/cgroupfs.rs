@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::limits::Limits;
+use crate::limits::Limits;
 
 /// Every cgroup (and systemd scope) of an Instance is called `opencode-manager-<name>`.
 pub(super) const PREFIX: &str = "opencode-manager-";

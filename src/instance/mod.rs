@@ -7,6 +7,6 @@ pub mod api;
 pub mod binary;
 pub mod cgroupfs;
 pub mod confine;
-pub mod limits;
+pub mod enforce;
 pub mod ports;
 pub mod process;

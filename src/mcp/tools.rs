@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use super::McpServer;
 use crate::daemon::protocol::{Envelope, Request};
-use crate::ops::reply::{Reply, Status};
 use crate::ops::start::StartArgs;
+use crate::reply::{Reply, Status};
 
 /// Arguments of `opencode_start`.
 #[derive(Debug, Deserialize, JsonSchema)]

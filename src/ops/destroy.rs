@@ -7,8 +7,9 @@
 //! confined like the agent, with hooks and fsmonitor off.
 
 use super::Manager;
-use super::reply::{ErrorCode, Reply, Status};
+use crate::error::ErrorCode;
 use crate::project::ProjectName;
+use crate::reply::{Reply, Status};
 
 pub async fn destroy(manager: &Manager, project_name: &str, force: bool) -> Reply {
     let project = match ProjectName::parse(project_name) {

@@ -12,10 +12,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::Manager;
-use super::reply::{Reply, Status};
 use crate::config::OPENCODE_VERSION;
 use crate::instance::binary::{self, Source};
-use crate::instance::limits::Mechanism;
+use crate::instance::enforce::Mechanism;
+use crate::reply::{Reply, Status};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 

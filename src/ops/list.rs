@@ -2,8 +2,8 @@
 //! so it stays fast with many Projects.
 
 use super::Manager;
-use super::reply::{ProjectSummary, Reply, Status};
 use crate::instance::process;
+use crate::reply::{ProjectSummary, Reply, Status};
 use crate::state::InstanceRecord;
 
 pub fn list(manager: &Manager) -> Reply {

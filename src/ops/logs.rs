@@ -1,8 +1,9 @@
 //! `logs`: the tail of a Project's OpenCode log, or of the manager's own log.
 
 use super::Manager;
-use super::reply::{ErrorCode, Reply, Status};
+use crate::error::ErrorCode;
 use crate::project::ProjectName;
+use crate::reply::{Reply, Status};
 
 /// Default and maximum number of lines returned.
 pub const DEFAULT_LINES: usize = 50;

@@ -2,7 +2,8 @@
 //! one Project runs (the gateway has nothing to serve otherwise).
 
 use super::Manager;
-use super::reply::{ErrorCode, Reply, Status};
+use crate::error::ErrorCode;
+use crate::reply::{Reply, Status};
 
 pub fn mcp_restart(manager: &Manager) -> Reply {
     let active = manager.running_projects();

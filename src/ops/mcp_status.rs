@@ -3,8 +3,8 @@
 //! counted from live Instances (never a stored counter that can drift).
 
 use super::Manager;
-use super::reply::{Reply, Status};
 use crate::gateway::GatewayView;
+use crate::reply::{Reply, Status};
 
 pub fn mcp_status(manager: &Manager) -> Reply {
     let mut reply = match manager.gateway().view() {

@@ -13,7 +13,6 @@ pub mod logs;
 pub mod mcp_restart;
 pub mod mcp_status;
 pub mod reconcile;
-pub mod reply;
 pub mod restart;
 pub mod start;
 pub mod status;
@@ -27,10 +26,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::error::ErrorCode;
 use crate::project::ProjectName;
 use crate::project_env::Mode;
+use crate::reply::Reply;
 use crate::state::store::{Store, StoreError};
-use reply::{ErrorCode, Reply};
 
 /// Settings that travel with each request: those of the process the user started, not the daemon's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -123,7 +123,7 @@ struct Inner {
     /// Launches whose process is this daemon's child, watched for its exit status.
     watched: Mutex<std::collections::HashSet<String>>,
     /// Which limit mechanism this machine offers, found on first need (it may run a probe).
-    limit_mechanism: tokio::sync::OnceCell<crate::instance::limits::Detection>,
+    limit_mechanism: tokio::sync::OnceCell<crate::instance::enforce::Detection>,
     /// What Landlock this kernel offers, asked once at open.
     isolation_support: crate::instance::confine::Support,
     /// `--version` of each agent program, keyed by its path and modification time, so each
@@ -214,14 +214,14 @@ impl Manager {
     }
 
     /// The limit mechanism in force (probed once, off the async threads).
-    pub async fn limit_mechanism(&self) -> &crate::instance::limits::Detection {
+    pub async fn limit_mechanism(&self) -> &crate::instance::enforce::Detection {
         self.inner
             .limit_mechanism
             .get_or_init(|| async {
-                tokio::task::spawn_blocking(crate::instance::limits::detect)
+                tokio::task::spawn_blocking(crate::instance::enforce::detect)
                     .await
-                    .unwrap_or_else(|_| crate::instance::limits::Detection {
-                        mechanism: crate::instance::limits::Mechanism::Rlimit,
+                    .unwrap_or_else(|_| crate::instance::enforce::Detection {
+                        mechanism: crate::instance::enforce::Mechanism::Rlimit,
                         reason: "the probe failed".into(),
                     })
             })
@@ -403,11 +403,7 @@ impl Manager {
 
     /// Turns a state write failure into a reply.
     pub(crate) fn store_failure(err: StoreError) -> Reply {
-        let code = if err.code() == "state_corrupt" {
-            ErrorCode::StateCorrupt
-        } else {
-            ErrorCode::Internal
-        };
+        let code = err.code();
         tracing::error!("{err}");
         Reply::error(
             code,
@@ -437,8 +433,8 @@ impl Manager {
 
 /// The limits an Instance was started with, and the cgroup enforcing them (none with rlimits).
 pub(crate) struct Enforcement {
-    pub limits: crate::instance::limits::Limits,
-    pub cgroup: Option<crate::instance::limits::Enforced>,
+    pub limits: crate::limits::Limits,
+    pub cgroup: Option<crate::instance::enforce::Enforced>,
 }
 
 /// Ends a restart's "in progress" mark when dropped.

@@ -3,9 +3,10 @@
 //! The `.env` is read again, so changed provider keys take effect. A Project whose repository was
 //! never cloned goes through the full `start` workflow instead.
 
-use super::reply::{ErrorCode, Reply, Status};
 use super::{CallerSettings, Manager, Progress, launch, start};
+use crate::error::ErrorCode;
 use crate::project::ProjectName;
+use crate::reply::{Reply, Status};
 
 pub async fn restart(
     manager: &Manager,

@@ -8,12 +8,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::reply::{ErrorCode, Reply, Status};
 use super::{CallerSettings, Manager, Progress, launch};
 use crate::deploy_key::{self, DeployKey};
+use crate::error::ErrorCode;
 use crate::git::{self, GitError, Remote};
 use crate::project::{GitUrl, ProjectName};
 use crate::project_env::{self, Mode};
+use crate::reply::{Reply, Status};
 use crate::state::{Desired, InstanceRecord, ProjectRecord};
 
 /// Arguments of `start`, as a client sends them.
@@ -307,7 +308,7 @@ pub(crate) fn running_reply(
 /// Warns when the Instance has no usable model provider, so it is known now and not at the first prompt.
 pub(crate) fn provider_warning(
     reply: Reply,
-    provider: Option<&super::reply::ProviderReport>,
+    provider: Option<&crate::reply::ProviderReport>,
     manager: &Manager,
 ) -> Reply {
     match provider {

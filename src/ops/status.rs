@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use super::Manager;
-use super::reply::{OpencodeInfo, ProviderReport, Reply, Status};
 use crate::instance::process;
 use crate::project::ProjectName;
+use crate::reply::{OpencodeInfo, ProviderReport, Reply, Status};
 use crate::state::InstanceRecord;
 
 pub async fn status(manager: &Manager, project_name: &str) -> Reply {
@@ -56,7 +56,7 @@ pub async fn status(manager: &Manager, project_name: &str) -> Reply {
     reply.restarts = view.map(|v| v.restarts);
     reply.interrupted_sessions =
         (!record.interrupted_sessions.is_empty()).then(|| record.interrupted_sessions.clone());
-    reply.memory_bytes = pid.map(crate::instance::limits::tree_rss);
+    reply.memory_bytes = pid.map(crate::instance::enforce::tree_rss);
     reply.isolation = record.isolation.clone();
     if let (InstanceRecord::Running { started_at, .. }, Some(_)) = (&record.instance, pid) {
         reply.uptime_secs = crate::timestamp::parse(started_at)

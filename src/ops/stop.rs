@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use super::Manager;
-use super::reply::{ErrorCode, Reply, Status};
+use crate::error::ErrorCode;
 use crate::instance::process;
 use crate::project::ProjectName;
+use crate::reply::{Reply, Status};
 use crate::state::{Desired, InstanceRecord};
 
 /// How long an Instance gets to exit after SIGTERM before SIGKILL.

@@ -2,7 +2,8 @@
 //! Project starts or `mcp_restart` (the periodic check does not reopen it).
 
 use super::Manager;
-use super::reply::{ErrorCode, Reply, Status};
+use crate::error::ErrorCode;
+use crate::reply::{Reply, Status};
 
 pub fn stop_mcp_tool(manager: &Manager) -> Reply {
     let active = manager.running_projects();

@@ -14,6 +14,7 @@ use super::State;
 use super::migrate::{self, Loaded, MigrateError};
 use crate::atomic_file;
 use crate::config::Paths;
+use crate::error::ErrorCode;
 
 /// A state file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +30,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            StoreError::Unusable { .. } => "state_corrupt",
-            StoreError::Io { .. } => "internal",
+            StoreError::Unusable { .. } => ErrorCode::StateCorrupt,
+            StoreError::Io { .. } => ErrorCode::Internal,
         }
     }
 }
@@ -221,7 +222,7 @@ mod tests {
         ] {
             std::fs::write(paths.state_file(), text).expect("write");
             let err = Store::open(&paths).expect_err("refused");
-            assert_eq!(err.code(), "state_corrupt", "{err}");
+            assert_eq!(err.code(), ErrorCode::StateCorrupt, "{err}");
             assert!(err.to_string().contains("opencode-state.json"), "{err}");
             assert_eq!(
                 std::fs::read_to_string(paths.state_file()).expect("read"),

@@ -7,8 +7,6 @@
 //! It acts only on Projects the user wants running, under the Project's lock, and never undoes a
 //! user's stop. Other code reads its view through [`Shared`].
 
-pub mod policy;
-
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::instance::api::InstanceApi;
 use crate::instance::process;
 use crate::ops::Manager;
+use crate::policy::{self, Action, Observation, Phase, Policy, Supervised};
 use crate::project::ProjectName;
 use crate::state::{Desired, InstanceRecord, ProjectRecord};
-use policy::{Action, Observation, Phase, Policy, Supervised};
 
 /// What the rest of the program may read about supervision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,7 +246,7 @@ fn observe(
             }
             // The RSS watchdog, where no cgroup holds the Instance to its memory limit.
             let over = manager.watchdog_limit(project.as_str()).and_then(|limit| {
-                let rss = alive.map_or(0, |(p, _)| crate::instance::limits::tree_rss(p.pid));
+                let rss = alive.map_or(0, |(p, _)| crate::instance::enforce::tree_rss(p.pid));
                 (rss > limit).then_some(Observation::OverMemory { rss, limit })
             });
             over.unwrap_or(Observation::Tick)

@@ -11,14 +11,15 @@ mod ready;
 
 use std::time::Duration;
 
-use super::reply::{ErrorCode, ProviderReport, Reply};
 use super::{Manager, Progress};
+use crate::error::ErrorCode;
 use crate::instance::api::InstanceApi;
 use crate::instance::confine::Isolation;
 use crate::instance::ports;
 use crate::instance::process::{self, LaunchSpec};
 use crate::project::ProjectName;
 use crate::project_env::ProjectEnv;
+use crate::reply::{ProviderReport, Reply};
 use crate::sandbox::{self, InstanceDirs, InstanceEnvSpec};
 use crate::state::{Desired, InstanceRecord};
 
@@ -85,8 +86,8 @@ pub(crate) async fn launch(
         log: log.clone(),
         // Without a cgroup, rlimits are what the kernel offers (never RLIMIT_AS: Bun reserves
         // tens of GB of address space).
-        rlimits: if matches!(mechanism, crate::instance::limits::Mechanism::Rlimit) {
-            crate::instance::limits::rlimits()
+        rlimits: if matches!(mechanism, crate::instance::enforce::Mechanism::Rlimit) {
+            crate::instance::enforce::rlimits()
         } else {
             Vec::new()
         },
@@ -127,7 +128,7 @@ pub(crate) async fn launch(
         None
     } else {
         let name = marker.replace(':', ".");
-        match crate::instance::limits::enforce(&mechanism, &name, proc.pid, &limits) {
+        match crate::instance::enforce::enforce(&mechanism, &name, proc.pid, &limits) {
             Ok(cgroup) => Some(cgroup),
             Err(err) => {
                 tracing::warn!(project = %project, "could not apply resource limits: {err}");
@@ -280,11 +281,8 @@ async fn choose_port(
 
 /// The Project's limits (`MEMORY_MAX`, `CPU_MAX`, `TASKS_MAX` in its `.env`), each falling back
 /// to the daemon-wide default.
-fn effective_limits(
-    manager: &Manager,
-    env: &ProjectEnv,
-) -> Result<crate::instance::limits::Limits, Reply> {
-    let own = crate::instance::limits::Limits::parse(
+fn effective_limits(manager: &Manager, env: &ProjectEnv) -> Result<crate::limits::Limits, Reply> {
+    let own = crate::limits::Limits::parse(
         env.memory_max.as_deref(),
         env.cpu_max.as_deref(),
         env.tasks_max.as_deref(),
@@ -297,7 +295,7 @@ fn effective_limits(
         )
     })?;
     let default = &manager.config().limits;
-    Ok(crate::instance::limits::Limits {
+    Ok(crate::limits::Limits {
         memory_bytes: own.memory_bytes.or(default.memory_bytes),
         cpu_percent: own.cpu_percent.or(default.cpu_percent),
         tasks: own.tasks.or(default.tasks),
@@ -311,7 +309,7 @@ const ASSUMED_INSTANCE_MEMORY: u64 = 512 * 1024 * 1024;
 fn check_budget(
     manager: &Manager,
     project: &ProjectName,
-    limits: &crate::instance::limits::Limits,
+    limits: &crate::limits::Limits,
 ) -> Result<(), Reply> {
     let Some(budget) = manager.config().memory_budget else {
         return Ok(());

@@ -2,10 +2,11 @@
 //! npm on first need), refused when another user could have replaced it, and refused when it is
 //! not OpenCode 1.x. It starts nothing but `--version` (through `instance::binary`).
 
-use super::super::reply::{ErrorCode, Reply};
 use super::super::{Manager, Progress};
+use crate::error::ErrorCode;
 use crate::instance::binary;
 use crate::project_env::ProjectEnv;
+use crate::reply::Reply;
 
 /// Finds the agent program (installing the managed copy on first need), refuses one another user
 /// could have replaced, and refuses a major version this manager cannot drive.

@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::super::reply::{ErrorCode, Reply};
+use crate::error::ErrorCode;
 use crate::instance::api::InstanceApi;
+use crate::reply::Reply;
 
 const LISTENING: &str = "opencode server listening on";
 

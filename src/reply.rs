@@ -1,11 +1,12 @@
-//! The reply object every operation returns: the contract shared by the CLI's `--json`, the daemon
-//! socket and (later) the MCP tools.
+//! The reply object: the contract shared by the CLI's `--json`, the daemon socket and the MCP tools.
 //!
 //! It keeps the Python original's keys and status words so existing prompts keep working, and adds
 //! typed fields. It is built by hand from state and observations; no state type is serialised into
 //! it, and no [`crate::secrets::Secret`] can be placed in it (there is no field of that type).
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, OpError};
 
 /// The status vocabulary of the original.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -25,59 +26,6 @@ pub enum Status {
     WaitingForPasswords,
     NotFound,
     Error,
-}
-
-/// Stable error codes (`error` key), each with a documented meaning in docs/tools.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    InvalidProjectName,
-    InvalidGitUrl,
-    InvalidConfig,
-    InvalidSshKey,
-    GitUnreachable,
-    CloneFailed,
-    OpencodeNotFound,
-    PortUnavailable,
-    OpencodeStartFailed,
-    OpencodeUnhealthy,
-    UnsavedWork,
-    StateCorrupt,
-    DaemonUnavailable,
-    GatewayNotRunning,
-    NoActiveProjects,
-    OverBudget,
-    // Plain comments, not docs: documented variants would turn the schema's enum into a `oneOf`.
-    // The home, a directory under it or its config could have been written by another user.
-    HomeUnsafe,
-    // A `.env` file over 64 KiB.
-    EnvTooLarge,
-    // `isolation = "required"` and the Instance cannot be confined.
-    IsolationUnavailable,
-    // The agent program is a major version this manager cannot drive (OpenCode 2).
-    OpencodeUnsupported,
-    // The agent program lies where another user could have replaced it.
-    OpencodeUntrusted,
-    // A connection to the daemon without its token (from inside a Sandbox, say).
-    Unauthorized,
-    Internal,
-}
-
-impl ErrorCode {
-    /// Whether the user gave bad input (CLI exit code 2).
-    pub fn is_invalid_input(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::InvalidProjectName
-                | ErrorCode::InvalidGitUrl
-                | ErrorCode::InvalidConfig
-                | ErrorCode::InvalidSshKey
-        )
-    }
-
-    pub fn parse(code: &str) -> Option<ErrorCode> {
-        serde_json::from_value(serde_json::Value::String(code.to_owned())).ok()
-    }
 }
 
 /// The original's nested `opencode` object in `status`.
@@ -263,10 +211,17 @@ impl Reply {
     }
 }
 
-impl From<crate::project::InputError> for Reply {
-    fn from(err: crate::project::InputError) -> Reply {
-        let code = ErrorCode::parse(err.code).unwrap_or(ErrorCode::Internal);
-        Reply::error(code, err.message, err.hint)
+impl From<OpError> for Reply {
+    fn from(err: OpError) -> Reply {
+        let details = err.details;
+        Reply {
+            project: details.project,
+            env_path: details.env_path,
+            lines: details.lines,
+            items: details.items,
+            active_projects: details.active_projects,
+            ..Reply::error(err.code, err.message, err.hint)
+        }
     }
 }
 

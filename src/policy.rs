@@ -1,4 +1,5 @@
-//! The supervisor's decisions, as a pure function of (what it knows, what it observed, now).
+//! The Supervisor's decisions, as a pure function of (what it knows, what it observed, now). A
+//! leaf: the config reads its knobs ([`Policy`]), the Supervisor actor asks it what to do.
 //!
 //! No IO, no clock, no randomness: time and jitter are arguments, so every transition is
 //! table-tested with made-up instants. The actor in `supervisor` gathers observations and carries
