@@ -38,6 +38,8 @@ pub enum ErrorCode {
     OpencodeUntrusted,
     // A connection to the daemon without its token (from inside a Sandbox, say).
     Unauthorized,
+    // The daemon runs a newer version than the client.
+    VersionMismatch,
     Internal,
 }
 

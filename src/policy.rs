@@ -116,6 +116,9 @@ pub enum Observation {
     Exited { how: String },
     /// A health probe finished.
     Probe { ok: bool, busy_sessions: bool },
+    /// A probe could not ask the Instance (its `.env` is unreadable just now): nothing is known
+    /// of its health, but the next probe is due a full interval later.
+    Unprobed,
     /// Something used the instance: a busy session, a gateway call, an open connection.
     Activity,
     /// A gateway call arrived for a parked Project.
@@ -291,6 +294,10 @@ pub fn decide(
             let busy_since = (*busy).then(|| *draining_since.get_or_insert(now));
             recycle(s, now, policy, jitter, busy_since, reason)
         }
+        (Phase::Running { last_probe, .. }, Observation::Unprobed) => {
+            *last_probe = Some(now);
+            Vec::new()
+        }
         (
             Phase::Running {
                 busy,
@@ -332,12 +339,74 @@ pub fn decide(
     }
 }
 
+/// When the policy next has something to decide without a new observation: the end of a
+/// backoff, the next probe (unless one is `probing` already), the idle deadline. `None` when
+/// only an observation can change anything.
+pub fn next_deadline(s: &Supervised, policy: &Policy, probing: bool) -> Option<Instant> {
+    match &s.phase {
+        Phase::Backoff { until } => Some(*until),
+        Phase::Running {
+            since,
+            last_probe,
+            last_activity,
+            ..
+        } => {
+            let probe =
+                (!probing).then(|| last_probe.map_or(*since, |at| at + policy.probe_interval));
+            let idle = policy.idle_timeout.map(|timeout| *last_activity + timeout);
+            match (probe, idle) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        Phase::Starting | Phase::Idle { .. } | Phase::Failed { .. } => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn at(t0: Instant, secs: u64) -> Instant {
         t0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn deadlines_are_the_backoff_end_the_next_probe_and_the_idle_timeout() {
+        let (p, t0) = (Policy::default(), Instant::now());
+        let mut s = Supervised::running(t0);
+        assert_eq!(next_deadline(&s, &p, false), Some(t0), "probe at once");
+        assert_eq!(
+            next_deadline(&s, &p, true),
+            Some(at(t0, 7200)),
+            "while probing, only the idle deadline"
+        );
+        decide(
+            &mut s,
+            Observation::Probe {
+                ok: true,
+                busy_sessions: false,
+            },
+            at(t0, 1),
+            &p,
+            0.0,
+        );
+        assert_eq!(next_deadline(&s, &p, false), Some(at(t0, 11)));
+        decide(&mut s, Observation::Unprobed, at(t0, 11), &p, 0.0);
+        assert_eq!(next_deadline(&s, &p, false), Some(at(t0, 21)));
+        decide(
+            &mut s,
+            Observation::Exited { how: "x".into() },
+            at(t0, 12),
+            &p,
+            0.0,
+        );
+        assert_eq!(next_deadline(&s, &p, false), Some(at(t0, 13)));
+        let parked = Supervised {
+            phase: Phase::Idle { since: t0 },
+            ..Supervised::starting()
+        };
+        assert_eq!(next_deadline(&parked, &p, false), None);
     }
 
     #[test]

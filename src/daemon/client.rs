@@ -64,7 +64,9 @@ pub async fn ask(paths: &Paths, envelope: &Envelope, on_progress: impl FnMut(&st
 ///
 /// A daemon that dies before it answers anything (a killed daemon's socket can still accept a
 /// connection for a moment, then reset it) is replaced and the request sent once more: nothing
-/// was done for it, and every operation is safe to repeat.
+/// was done for it, and every operation is safe to repeat. So is a daemon of an older version
+/// (its Instances keep running and the new daemon adopts them); a newer one is left alone and
+/// the client says so.
 pub async fn request(
     paths: &Paths,
     envelope: &Envelope,
@@ -84,8 +86,78 @@ pub async fn request(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(Attempt::NoAnswer(err) | Attempt::Failed(err)) => return Err(err),
+            Ok(Frame::Mismatch { version, pid }) if attempts < 3 => {
+                if !newer(super::version(), &version) {
+                    return Err(ClientError {
+                        code: ErrorCode::VersionMismatch,
+                        message: format!(
+                            "the daemon (pid {pid}) runs opencode-manager {version}, newer than this client ({}); it was left alone",
+                            super::version()
+                        ),
+                        hint: "use the newer opencode-manager (restart the MCP client that runs this one)".into(),
+                    });
+                }
+                tracing::warn!(
+                    pid,
+                    "the daemon runs opencode-manager {version}; replacing it with {} (instances keep running)",
+                    super::version()
+                );
+                replace(paths, pid).await?;
+            }
+            Ok(Frame::Mismatch { version, pid }) => {
+                return Err(ClientError::unavailable(
+                    format!("the daemon (pid {pid}) still runs opencode-manager {version}"),
+                    paths,
+                ));
+            }
             Ok(frame) => return Ok(frame),
         }
+    }
+}
+
+/// Whether version `a` is newer than `b` (dotted numbers; anything else counts as 0).
+fn newer(a: &str, b: &str) -> bool {
+    let parse = |v: &str| -> Vec<u64> {
+        v.split(['.', '-', '+'])
+            .take(3)
+            .map(|n| n.parse().unwrap_or(0))
+            .collect()
+    };
+    parse(a) > parse(b)
+}
+
+/// Stops the home's daemon `pid` (SIGTERM; its Instances keep running) and waits until it is
+/// gone. Only the process holding the home's lock and running `opencode-manager daemon` is
+/// signalled.
+async fn replace(paths: &Paths, pid: u32) -> Result<(), ClientError> {
+    let lock = paths.daemon_lock();
+    let pid = i32::try_from(pid).unwrap_or(0);
+    let target = tokio::task::spawn_blocking(move || {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let is_daemon = cmdline.split(|b| *b == 0).any(|a| a == b"daemon");
+        let holds_lock = super::lock::read_pid(&lock) == Some(pid);
+        (is_daemon && holds_lock)
+            .then(|| crate::instance::process::identity(pid))
+            .flatten()
+            .and_then(crate::instance::process::pidfd)
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(|| {
+        ClientError::unavailable(
+            format!("process {pid} does not look like this home's daemon; it was left alone"),
+            paths,
+        )
+    })?;
+    let _ = rustix::process::pidfd_send_signal(&target, rustix::process::Signal::TERM);
+    if crate::instance::process::exited(&target, Duration::from_secs(15)).await {
+        Ok(())
+    } else {
+        Err(ClientError::unavailable(
+            format!("the daemon (pid {pid}) did not exit within 15 s"),
+            paths,
+        ))
     }
 }
 
@@ -99,7 +171,7 @@ pub async fn running_daemon(paths: &Paths) -> Option<i32> {
     let mut ignore = |_: &str| {};
     let exchange = exchange(paths, stream, &envelope, &mut ignore);
     match tokio::time::timeout(Duration::from_secs(5), exchange).await {
-        Ok(Ok(Frame::Hello { pid, .. })) => i32::try_from(pid).ok(),
+        Ok(Ok(Frame::Hello { pid, .. } | Frame::Mismatch { pid, .. })) => i32::try_from(pid).ok(),
         _ => None,
     }
 }
@@ -133,9 +205,7 @@ async fn exchange(
         ))
     })?;
     let (read, mut write) = stream.into_split();
-    let mut message = Vec::with_capacity(256);
-    message.extend_from_slice(token.expose().as_bytes());
-    message.push(b'\n');
+    let mut message = super::socket::greeting(super::version(), &token).into_bytes();
     serde_json::to_writer(&mut message, envelope).map_err(|e| {
         Attempt::Failed(ClientError::unavailable(
             format!("encoding the request: {e}"),

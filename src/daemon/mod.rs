@@ -1,33 +1,56 @@
 //! The daemon: the single owner of the state file and of every Instance process in one home.
 //!
-//! [`run`] checks the home (`trust`), takes the home's lock (`lock`: one daemon per home, even
-//! if the lock file is deleted), makes sure no other daemon answers on the socket, opens the state
-//! (refusing, and touching nothing, when it is unreadable), reconciles recorded state with living
-//! processes, then serves requests on the control socket (`socket`: 0600, and a token on every
-//! connection) until a shutdown signal or, unless `stay`, a linger period with no running
-//! Instance. Instances run in their own sessions: the daemon exiting, even by SIGKILL, leaves
-//! them running for the next one.
+//! [`run`] checks the home (`trust`), takes the home's lock (`lock`: one daemon per home, even if
+//! the lock file is deleted), makes sure no other daemon answers on the socket, opens the state
+//! (refusing, and touching nothing, when it is unreadable), then wires the parts: the `.env`
+//! cache, the snapshot channel, the Supervisor (which adopts what an earlier daemon left
+//! running), the Gateway task, and the control socket (`socket`: 0600, a version and a token on
+//! every connection; `dispatch` runs the operations). It ends on a shutdown signal or, unless
+//! `stay`, after `linger` with no client and no Project to look after; nothing polls: its loop
+//! wakes on connections, snapshot changes, its lock file's changes and that one deadline.
+//! Instances run in their own sessions: the daemon exiting, even by SIGKILL, leaves them running
+//! for the next one.
 
 pub mod client;
+mod dispatch;
 pub mod lock;
 pub mod protocol;
 pub mod socket;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::env_cache::EnvCache;
 use crate::error::ErrorCode;
-use crate::ops::{self, Manager, Progress};
+use crate::lifecycle::{Host, LocalLauncher, Progress};
+use crate::ops::Manager;
 use crate::reply::Reply;
 use crate::secrets::Secret;
+use crate::snapshot::Snapshot;
 use lock::{Acquired, HomeLock, Verified};
-use protocol::{Envelope, Frame, Request};
+use protocol::{Envelope, Frame};
+
+/// This program's version, which clients and the daemon compare before anything else. A
+/// `test-support` build takes `OCM_TEST_VERSION` instead, so a test can play another version.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        #[cfg(feature = "test-support")]
+        if let Some(version) = std::env::var("OCM_TEST_VERSION")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            return version;
+        }
+        env!("CARGO_PKG_VERSION").to_owned()
+    })
+}
 
 /// How the daemon's run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,8 +146,13 @@ pub async fn run(
             paths.daemon_token().display()
         ))
     })?;
-
-    let manager = Manager::open(config).map_err(|err| Refused {
+    let store_paths = paths.clone();
+    let (store, report) = tokio::task::spawn_blocking(move || {
+        crate::state::store::Store::open(&store_paths)
+    })
+    .await
+    .map_err(|err| Refused::internal(format!("opening the state: {err}")))?
+    .map_err(|err| Refused {
         code: err.code(),
         message: format!("{err}; the daemon did not start and changed nothing"),
         hint: format!(
@@ -133,72 +161,121 @@ pub async fn run(
             path = paths.state_file().display()
         ),
     })?;
-    tracing::info!(pid = std::process::id(), home = %paths.home().display(), "daemon starting");
-    for warning in &manager.config().warnings {
+    for notice in &report.notices {
+        tracing::warn!("{notice}");
+    }
+    tracing::info!(pid = std::process::id(), home = %paths.home().display(), version = version(), "daemon starting");
+    for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    ops::reconcile::on_daemon_start(&manager).await;
-    ops::reconcile::stop_legacy_mcp_tools(&manager).await;
-    crate::gateway::servers_file::update(&manager);
-    let background_stop = tokio_util::sync::CancellationToken::new();
-    // The gateway's project tokens are indexed before anything can ask for them.
-    crate::gateway::auth::follow(manager.clone(), background_stop.clone()).await;
-    tokio::spawn(crate::supervisor::run(
+
+    let stop = CancellationToken::new();
+    let envs = Arc::new(EnvCache::default());
+    let host = Arc::new(Host::new(config, store, envs.clone()));
+    let names = host.clone();
+    crate::env_cache::follow(
+        envs,
+        paths.clone(),
+        move || names.store.snapshot().projects.into_keys().collect(),
+        stop.clone(),
+    )
+    .await;
+    let (publish, snapshot) = watch::channel(Snapshot::default());
+    let publish = Arc::new(publish);
+    let launcher = Arc::new(LocalLauncher { host: host.clone() });
+    let supervisor =
+        crate::supervisor::spawn(host.clone(), launcher, publish.clone(), stop.clone()).await;
+    let (gateway, requests) = mpsc::unbounded_channel();
+    let manager = Manager::new(host, supervisor, snapshot, gateway, report.notices);
+    tokio::spawn(crate::gateway::run(
         manager.clone(),
-        background_stop.clone(),
+        publish,
+        requests,
+        stop.clone(),
     ));
 
     let control = socket::ControlSocket::bind(&paths.socket())
         .map_err(|err| Refused::internal(format!("binding {}: {err}", paths.socket().display())))?;
     tracing::info!(socket = %paths.socket().display(), "listening");
+    let lock_watch = crate::fs_watch::DirWatch::new().and_then(|w| {
+        w.add(paths.home())?;
+        Ok(w)
+    });
+    if let Err(err) = &lock_watch {
+        tracing::warn!("cannot watch the home for its lock file ({err})");
+    }
 
     let token = Arc::new(token);
     let active = Arc::new(AtomicUsize::new(0));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut idle_since = tokio::time::Instant::now();
+    let disconnected = Arc::new(Notify::new());
+    let mut snapshots = manager.subscribe();
     let linger = manager.config().linger;
+    let mut idle_since: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     let exit = loop {
+        let busy = options.stay
+            || active.load(Ordering::SeqCst) > 0
+            || snapshots.borrow().gateway_wanted();
+        idle_since = match (busy, idle_since) {
+            (true, _) => None,
+            (false, None) => Some(tokio::time::Instant::now()),
+            (false, since) => since,
+        };
+        let linger_ends = idle_since.map(|since| since + linger);
         tokio::select! {
             accepted = control.listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let manager = manager.clone();
-                    let active = active.clone();
-                    let token = token.clone();
+                    let (manager, active, token, disconnected) =
+                        (manager.clone(), active.clone(), token.clone(), disconnected.clone());
                     active.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
                         if let Err(err) = serve_connection(&manager, stream, &token).await {
                             tracing::warn!("client connection: {err:#}");
                         }
                         active.fetch_sub(1, Ordering::SeqCst);
+                        disconnected.notify_one();
                     });
                 }
                 Err(err) => tracing::warn!("accepting a client: {err}"),
             },
-            _ = tick.tick() => {
-                match lock.verify() {
-                    Verified::Intact => {}
-                    Verified::Restored => tracing::warn!(path = %lock_path.display(), "the daemon's lock file was removed or replaced; a new one is in place"),
-                    Verified::Lost(why) => tracing::error!(path = %lock_path.display(), "the daemon's lock file is gone and could not be put back: {why}"),
+            () = disconnected.notified() => {}
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break Exit::Shutdown;
                 }
-                ops::reconcile::check_liveness(&manager);
-                // Opens with the first running Project (also one adopted or crashed), closes after the last.
-                let _ = manager.gateway().sync(&manager, crate::gateway::Trigger::Follow);
-                let now = tokio::time::Instant::now();
-                if options.stay || active.load(Ordering::SeqCst) > 0 || manager.any_instance_alive() {
-                    idle_since = now;
-                } else if now.duration_since(idle_since) >= linger {
-                    break Exit::Lingered;
+            }
+            changed = lock_changed(&lock_watch) => {
+                if changed {
+                    match lock.verify() {
+                        Verified::Intact => {}
+                        Verified::Restored => tracing::warn!(path = %lock_path.display(), "the daemon's lock file was removed or replaced; a new one is in place"),
+                        Verified::Lost(why) => tracing::error!(path = %lock_path.display(), "the daemon's lock file is gone and could not be put back: {why}"),
+                    }
                 }
+            }
+            () = tokio::time::sleep_until(linger_ends.unwrap_or_else(tokio::time::Instant::now)), if linger_ends.is_some() => {
+                break Exit::Lingered;
             }
             () = &mut shutdown => break Exit::Shutdown,
         }
     };
-    background_stop.cancel();
+    stop.cancel();
     control.remove_if_ours();
-    let _ = crate::atomic_file::remove_if_present(&paths.gateway_pid_file());
     tracing::info!(?exit, "daemon exiting; running instances keep running");
     Ok(exit)
+}
+
+/// Resolves when something changed in the home that may be the lock file (never, without a watch).
+async fn lock_changed(watch: &std::io::Result<crate::fs_watch::DirWatch>) -> bool {
+    match watch {
+        Ok(watch) => match watch.changed().await {
+            Ok(names) => names
+                .iter()
+                .any(|n| n == "opencode-manager.lock" || n.is_empty()),
+            Err(_) => std::future::pending().await,
+        },
+        Err(_) => std::future::pending().await,
+    }
 }
 
 async fn serve_connection(
@@ -209,13 +286,23 @@ async fn serve_connection(
     use anyhow::Context as _;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    if !socket::authenticate(&mut reader, token).await {
-        let reply = Reply::error(
-            ErrorCode::Unauthorized,
-            "this connection did not present the daemon's token",
-            "clients read it from opencode-manager.token in the manager home",
-        );
-        return send(&mut write, &Frame::Reply(Box::new(reply))).await;
+    match socket::greet(&mut reader, token).await {
+        socket::Greeting::Welcome => {}
+        socket::Greeting::OtherVersion => {
+            let frame = Frame::Mismatch {
+                version: version().to_owned(),
+                pid: std::process::id(),
+            };
+            return send(&mut write, &frame).await;
+        }
+        socket::Greeting::Unauthorized => {
+            let reply = Reply::error(
+                ErrorCode::Unauthorized,
+                "this connection did not present the daemon's token",
+                "clients read it from opencode-manager.token in the manager home",
+            );
+            return send(&mut write, &Frame::Reply(Box::new(reply))).await;
+        }
     }
     let mut line = String::new();
     reader
@@ -237,7 +324,7 @@ async fn serve_connection(
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let progress = Progress::to(progress_tx);
     // The operation runs as its own task: a client that goes away never cancels it halfway.
-    let mut operation = tokio::spawn(dispatch(manager.clone(), envelope, progress));
+    let mut operation = tokio::spawn(dispatch::dispatch(manager.clone(), envelope, progress));
     loop {
         tokio::select! {
             frame = &mut operation => {
@@ -253,43 +340,6 @@ async fn serve_connection(
             Some(step) = progress_rx.recv() => send(&mut write, &Frame::Progress(step)).await?,
         }
     }
-}
-
-async fn dispatch(manager: Manager, envelope: Envelope, progress: Progress) -> Frame {
-    let manager = &manager;
-    let caller = envelope.caller;
-    let differences = caller.differences(manager.config());
-    let reply = match envelope.request {
-        Request::Ping => {
-            return Frame::Hello {
-                version: env!("CARGO_PKG_VERSION").into(),
-                pid: std::process::id(),
-                gateway_port: manager.config().gateway_port,
-            };
-        }
-        Request::Start(args) => ops::start::start(manager, args, caller, progress).await,
-        Request::Status { project_name } => ops::status::status(manager, &project_name).await,
-        Request::Stop { project_name } => ops::stop::stop(manager, &project_name).await,
-        Request::StopAll => ops::stop::stop_all(manager).await,
-        Request::Restart { project_name } => {
-            ops::restart::restart(manager, &project_name, caller, progress).await
-        }
-        Request::Destroy {
-            project_name,
-            force,
-        } => ops::destroy::destroy(manager, &project_name, force).await,
-        Request::List => ops::list::list(manager),
-        Request::Doctor => ops::doctor::doctor(manager).await,
-        Request::McpStatus => ops::mcp_status::mcp_status(manager),
-        Request::McpRestart => ops::mcp_restart::mcp_restart(manager),
-        Request::StopMcpTool => ops::stop_mcp_tool::stop_mcp_tool(manager),
-        Request::Logs {
-            project_name,
-            lines,
-        } => ops::logs::logs(manager, project_name.as_deref(), lines),
-    };
-    let reply = differences.into_iter().fold(reply, Reply::warn);
-    Frame::Reply(Box::new(reply))
 }
 
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, frame: &Frame) -> anyhow::Result<()> {

@@ -64,4 +64,9 @@ pub enum Frame {
         pid: u32,
         gateway_port: u16,
     },
+    /// The daemon runs another version than the client's; nothing was done.
+    Mismatch {
+        version: String,
+        pid: u32,
+    },
 }

@@ -2,8 +2,9 @@
 //!
 //! Landlock cannot refuse `connect` to a path-named socket, so a confined agent could reach the
 //! socket; what it cannot do is read `opencode-manager.token` (0600, outside its Sandbox). Every
-//! connection starts with that token on its own line, compared in constant time; a connection
-//! without it gets one refusal and is closed, and nothing is done for it. The daemon removes a
+//! connection starts with one line, `opencode-manager <version> <token>`, the token compared in
+//! constant time; a connection without it gets one refusal and is closed, and nothing is done for
+//! it. A client of another version is told the daemon's version and pid, and nothing else. The daemon removes a
 //! socket only if it is the one it bound (same device and inode).
 
 use std::io;
@@ -52,9 +53,28 @@ pub fn read_token(paths: &Paths) -> io::Result<Secret> {
     Ok(Secret::new(token.to_owned()))
 }
 
-/// Reads the first line of a connection and checks it is the token. Bounded in time and size, so
-/// a client that never sends it cannot hold the daemon.
-pub async fn authenticate(reader: &mut (impl AsyncBufRead + Unpin), token: &Secret) -> bool {
+/// The first line a client sends: who it is, its version, and the daemon's token.
+pub fn greeting(version: &str, token: &Secret) -> String {
+    format!("{GREETING} {version} {}\n", token.expose())
+}
+
+const GREETING: &str = "opencode-manager";
+
+/// What the first line of a connection said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Greeting {
+    /// This version, with the token.
+    Welcome,
+    /// The token, from another version of this program (told so, and nothing more).
+    OtherVersion,
+    /// No token, or a wrong one.
+    Unauthorized,
+}
+
+/// Reads the first line of a connection: `opencode-manager <version> <token>`. Bounded in time
+/// and size, so a client that never sends it cannot hold the daemon. The version is told apart
+/// only for a client that has the token.
+pub async fn greet(reader: &mut (impl AsyncBufRead + Unpin), token: &Secret) -> Greeting {
     let mut line = String::new();
     let read = tokio::time::timeout(
         TOKEN_DEADLINE,
@@ -62,10 +82,22 @@ pub async fn authenticate(reader: &mut (impl AsyncBufRead + Unpin), token: &Secr
     )
     .await;
     if !matches!(read, Ok(Ok(n)) if n > 0) {
-        return false;
+        return Greeting::Unauthorized;
     }
-    let presented = line.trim_end_matches('\n').as_bytes();
-    bool::from(presented.ct_eq(token.expose().as_bytes()))
+    let mut words = line.trim_end_matches('\n').splitn(3, ' ');
+    let (Some(GREETING), Some(version), Some(presented)) =
+        (words.next(), words.next(), words.next())
+    else {
+        return Greeting::Unauthorized;
+    };
+    if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+        return Greeting::Unauthorized;
+    }
+    if version == super::version() {
+        Greeting::Welcome
+    } else {
+        Greeting::OtherVersion
+    }
 }
 
 /// The bound control socket, with the identity of the file it created.
@@ -122,23 +154,32 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn only_the_token_line_opens_a_connection() {
+    async fn only_the_greeting_with_the_token_opens_a_connection() {
         let token = Secret::new("a".repeat(64));
-        let text = format!("{}\n{{}}\n", "a".repeat(64));
+        let text = format!("{}{{}}\n", greeting(crate::daemon::version(), &token));
         let mut good = tokio::io::BufReader::new(text.as_bytes());
-        assert!(authenticate(&mut good, &token).await);
+        assert_eq!(greet(&mut good, &token).await, Greeting::Welcome);
         let mut rest = String::new();
         good.read_line(&mut rest).await.expect("read");
         assert_eq!(rest, "{}\n", "the request line stays for the caller");
+        let other = greeting("0.0.1", &token);
+        let mut reader = tokio::io::BufReader::new(other.as_bytes());
+        assert_eq!(greet(&mut reader, &token).await, Greeting::OtherVersion);
+        let wrong = Secret::new("b".repeat(64));
         for bad in [
-            "b".repeat(64),
+            greeting(crate::daemon::version(), &wrong),
+            "a".repeat(64),
+            format!("opencode-manager {}", "a".repeat(64)),
             String::new(),
-            "a".repeat(63),
-            "a".repeat(300),
+            "x".repeat(300),
         ] {
             let bytes = format!("{bad}\n").into_bytes();
             let mut reader = tokio::io::BufReader::new(bytes.as_slice());
-            assert!(!authenticate(&mut reader, &token).await, "{bad:?}");
+            assert_eq!(
+                greet(&mut reader, &token).await,
+                Greeting::Unauthorized,
+                "{bad:?}"
+            );
         }
     }
 

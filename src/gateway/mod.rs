@@ -1,40 +1,48 @@
 //! The global MCP gateway (port 3005): every Project's coding sessions behind one Streamable HTTP
 //! endpoint, served by the daemon itself (the original ran a separate Node process).
 //!
-//! [`Gateway`] owns the listener and its lifecycle: open while at least one Project runs, closed
-//! after the last stops (the original's auto-lifecycle), or closed on request until a Project
-//! starts or `mcp_restart`. It also keeps the original's compatibility files current
+//! [`run`] is a task that subscribes to the snapshot: it opens the listener with the first Project
+//! a user wants running and closes it after the last (the pure table in `lifecycle`), answers the
+//! requests of `mcp_restart` and `stop_mcp_tool` (the channel `ops` owns), publishes its own state
+//! into the snapshot, and keeps the original's compatibility files current
 //! (`global-mcp-tool.pid`, `opencode-mcp-tool-servers.json`). Tools live in `tools`, tokens in
-//! `auth` (behind the shared `front_door`); only this module and `mcp` know rmcp, only these and
+//! `auth`, behind the shared `front_door`. Only this module and `mcp` know rmcp; only these and
 //! `front_door` know axum.
 
 pub mod auth;
 pub mod in_flight;
+pub mod lifecycle;
 pub mod params;
 pub mod servers_file;
 pub mod tools;
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::middleware;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::Manager;
+use crate::ops::{GatewayRequest, Manager};
 use crate::secrets::Secret;
+use crate::snapshot::{GatewayView, Snapshot};
+use lifecycle::{Cause, State, Transition};
 
-/// The listener's lifecycle. Each variant carries what is valid in it.
-#[derive(Debug)]
+/// How long after a failed attempt to listen the next one is made, while Projects want it.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The listener, as the task holds it.
 enum Listener {
     NotStarted,
     Running {
         serving: in_flight::Serving,
         port: u16,
-        since: Instant,
+        since: std::time::Instant,
         started_at: String,
     },
     Stopped {
@@ -43,53 +51,20 @@ enum Listener {
     },
 }
 
-/// What `mcp_status` reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GatewayView {
-    NotStarted,
-    Running {
-        port: u16,
-        uptime_secs: u64,
-        started_at: String,
-    },
-    Stopped {
-        error: Option<String>,
-    },
-}
-
-/// Why the gateway is being synchronised with the running Projects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// A periodic check or a stop: follow the running Projects, but respect a user's stop.
-    Follow,
-    /// A Project was started (or the user asked for a restart): open even after a user's stop.
-    Open,
-}
-
-/// The gateway's listener, owned by the daemon.
-pub struct Gateway {
-    // A std mutex: held only to read or swap the lifecycle value, never across an `.await`.
-    listener: Mutex<Listener>,
-    /// Project tokens, kept in step with the `.env` files by `auth::follow`.
-    tokens: Arc<auth::TokenIndex>,
-}
-
-impl Default for Gateway {
-    fn default() -> Self {
-        Gateway {
-            listener: Mutex::new(Listener::NotStarted),
-            tokens: Arc::default(),
+impl Listener {
+    fn state(&self) -> State {
+        match self {
+            Listener::NotStarted => State::NotStarted,
+            Listener::Running { .. } => State::Running,
+            Listener::Stopped { by_user, error } => State::Stopped {
+                by_user: *by_user,
+                failed: error.is_some(),
+            },
         }
     }
-}
 
-impl Gateway {
-    pub fn tokens(&self) -> &auth::TokenIndex {
-        &self.tokens
-    }
-
-    pub fn view(&self) -> GatewayView {
-        match &*self.lock() {
+    fn view(&self) -> GatewayView {
+        match self {
             Listener::NotStarted => GatewayView::NotStarted,
             Listener::Running {
                 port,
@@ -98,100 +73,190 @@ impl Gateway {
                 ..
             } => GatewayView::Running {
                 port: *port,
-                uptime_secs: since.elapsed().as_secs(),
+                since: *since,
                 started_at: started_at.clone(),
             },
-            Listener::Stopped { error, .. } => GatewayView::Stopped {
+            Listener::Stopped { by_user, error } => GatewayView::Stopped {
+                by_user: *by_user,
                 error: error.clone(),
             },
         }
     }
+}
 
-    /// Opens or closes the listener to match the running Projects. Returns an error text when it
-    /// should be open but cannot listen.
-    pub fn sync(&self, manager: &Manager, trigger: Trigger) -> Result<(), String> {
-        // A restart in progress counts as running, so restarting the only Project never closes
-        // the gateway (which would end 2025-era clients' sessions).
-        let wanted = manager.running_projects() > 0
-            || manager.parked_projects() > 0
-            || manager.restarts_in_flight() > 0;
-        let mut listener = self.lock();
-        match (&*listener, wanted) {
-            (Listener::Running { .. }, true) => Ok(()),
-            (Listener::Running { .. }, false) => {
-                close(&mut listener, manager, false);
-                Ok(())
+/// Serves the Gateway's lifecycle until `cancel` fires.
+pub async fn run(
+    manager: Manager,
+    publish: Arc<watch::Sender<Snapshot>>,
+    mut requests: mpsc::UnboundedReceiver<GatewayRequest>,
+    cancel: CancellationToken,
+) {
+    let mut snapshots = manager.subscribe();
+    let mut listener = Listener::NotStarted;
+    let mut seen_starts = 0u64;
+    let mut servers = servers_file::Servers::default();
+    let mut retry: Option<tokio::time::Instant> = None;
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        servers.update(&manager, &snapshot).await;
+        let cause = Cause::Projects {
+            wanted: snapshot.gateway_wanted(),
+            user_started: snapshot.user_starts > seen_starts,
+        };
+        seen_starts = snapshot.user_starts;
+        let seen_revision = snapshot.revision;
+        let transition = lifecycle::decide(listener.state(), cause);
+        apply(&manager, &mut listener, transition).await;
+        retry = next_retry(&listener, snapshot.gateway_wanted(), retry);
+        publish_view(&publish, &listener, seen_revision);
+        let retry_at = retry.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
             }
-            (Listener::Stopped { by_user: true, .. }, true) if trigger == Trigger::Follow => Ok(()),
-            (_, true) => open(&mut listener, manager),
-            (_, false) => Ok(()),
+            Some(request) = requests.recv() => {
+                let wanted = manager.snapshot().gateway_wanted();
+                // The reply goes out once the change is made and published.
+                let answer = match request {
+                    GatewayRequest::Stop(reply) => {
+                        let transition = lifecycle::decide(listener.state(), Cause::UserStop);
+                        apply(&manager, &mut listener, transition).await;
+                        Answer::Stop(reply, transition != Transition::Nothing)
+                    }
+                    GatewayRequest::Restart(reply) => {
+                        let transition = lifecycle::decide(listener.state(), Cause::UserRestart);
+                        apply(&manager, &mut listener, transition).await;
+                        let result = match &listener {
+                            Listener::Stopped { error: Some(error), .. } => Err(error.clone()),
+                            _ => Ok(()),
+                        };
+                        Answer::Restart(reply, result)
+                    }
+                };
+                retry = next_retry(&listener, wanted, None);
+                publish_view(&publish, &listener, seen_revision);
+                answer.send();
+            }
+            () = tokio::time::sleep_until(retry_at), if retry.is_some() => {
+                let wanted = manager.snapshot().gateway_wanted();
+                let transition = lifecycle::decide(listener.state(), Cause::RetryDue { wanted });
+                apply(&manager, &mut listener, transition).await;
+                retry = next_retry(&listener, wanted, None);
+                publish_view(&publish, &listener, seen_revision);
+            }
+            () = cancel.cancelled() => break,
         }
     }
-
-    /// Closes the listener on the user's request; it stays closed until a Project starts or `mcp_restart`.
-    pub fn stop_by_user(&self, manager: &Manager) -> bool {
-        let mut listener = self.lock();
-        if !matches!(*listener, Listener::Running { .. }) {
-            return false;
-        }
-        close(&mut listener, manager, true);
-        true
+    if let Listener::Running { serving, .. } = listener {
+        serving.close();
     }
+    let pid_file = manager.config().paths.gateway_pid_file();
+    let _ =
+        tokio::task::spawn_blocking(move || crate::atomic_file::remove_if_present(&pid_file)).await;
+}
 
-    /// Closes and reopens the listener.
-    pub fn restart(&self, manager: &Manager) -> Result<(), String> {
-        let mut listener = self.lock();
-        if matches!(*listener, Listener::Running { .. }) {
-            close(&mut listener, manager, false);
+/// A reply to `mcp_restart` or `stop_mcp_tool`, sent after the change is published.
+enum Answer {
+    Stop(tokio::sync::oneshot::Sender<bool>, bool),
+    Restart(
+        tokio::sync::oneshot::Sender<Result<(), String>>,
+        Result<(), String>,
+    ),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Stop(reply, was_open) => {
+                let _ = reply.send(was_open);
+            }
+            Answer::Restart(reply, result) => {
+                let _ = reply.send(result);
+            }
         }
-        open(&mut listener, manager)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Listener> {
-        self.listener.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn open(listener: &mut Listener, manager: &Manager) -> Result<(), String> {
+/// When to try to listen again: after a failure, while Projects want the Gateway.
+fn next_retry(
+    listener: &Listener,
+    wanted: bool,
+    pending: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match listener {
+        Listener::Stopped { error: Some(_), .. } if wanted => {
+            Some(pending.unwrap_or_else(|| tokio::time::Instant::now() + RETRY))
+        }
+        _ => None,
+    }
+}
+
+fn publish_view(publish: &watch::Sender<Snapshot>, listener: &Listener, seen: u64) {
+    let view = listener.view();
+    publish.send_if_modified(|s| {
+        if s.gateway == view && s.gateway_seen == seen {
+            return false;
+        }
+        s.gateway = view;
+        s.gateway_seen = seen;
+        true
+    });
+}
+
+async fn apply(manager: &Manager, listener: &mut Listener, transition: Transition) {
+    match transition {
+        Transition::Nothing => {}
+        Transition::Open => open(manager, listener).await,
+        Transition::Close { by_user } => close(manager, listener, by_user).await,
+        Transition::Reopen => {
+            close(manager, listener, false).await;
+            open(manager, listener).await;
+        }
+    }
+}
+
+async fn open(manager: &Manager, listener: &mut Listener) {
     let port = manager.config().gateway_port;
-    let result = bind_and_serve(manager, port);
-    let paths = &manager.config().paths;
-    match result {
+    match bind_and_serve(manager, port).await {
         Ok(serving) => {
             let started_at = crate::timestamp::now();
-            let _ = crate::atomic_file::replace(
-                &paths.gateway_pid_file(),
-                format!("{}\n", std::process::id()).as_bytes(),
-                crate::atomic_file::PRIVATE,
-            );
-            record(manager, "running", Some(started_at.clone()), None);
+            let pid_file = manager.config().paths.gateway_pid_file();
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::atomic_file::replace(
+                    &pid_file,
+                    format!("{}\n", std::process::id()).as_bytes(),
+                    crate::atomic_file::PRIVATE,
+                )
+            })
+            .await;
+            record(manager, "running", Some(started_at.clone()), None).await;
             tracing::info!(port, "gateway listening on http://127.0.0.1:{port}/mcp");
             *listener = Listener::Running {
                 serving,
                 port,
-                since: Instant::now(),
+                since: std::time::Instant::now(),
                 started_at,
             };
-            Ok(())
         }
         Err(err) => {
             let message = format!("the gateway could not start on 127.0.0.1:{port}: {err}");
-            // The periodic check retries every second; say it once per distinct failure.
+            // A failure is retried every second; say it once per distinct failure.
             let repeated = matches!(&*listener, Listener::Stopped { error: Some(previous), .. } if *previous == message);
             if !repeated {
                 tracing::error!("{message}");
+                record(manager, "failed", None, Some(message.clone())).await;
             }
-            record(manager, "failed", None, Some(message.clone()));
             *listener = Listener::Stopped {
                 by_user: false,
-                error: Some(message.clone()),
+                error: Some(message),
             };
-            Err(message)
         }
     }
 }
 
-fn close(listener: &mut Listener, manager: &Manager, by_user: bool) {
+async fn close(manager: &Manager, listener: &mut Listener, by_user: bool) {
     let previous = std::mem::replace(
         listener,
         Listener::Stopped {
@@ -204,44 +269,58 @@ fn close(listener: &mut Listener, manager: &Manager, by_user: bool) {
         serving.close();
         tracing::info!(port, by_user, "gateway closed");
     }
-    let _ = crate::atomic_file::remove_if_present(&manager.config().paths.gateway_pid_file());
-    record(manager, "stopped", None, None);
+    let pid_file = manager.config().paths.gateway_pid_file();
+    let _ =
+        tokio::task::spawn_blocking(move || crate::atomic_file::remove_if_present(&pid_file)).await;
+    record(manager, "stopped", None, None).await;
 }
 
-fn record(manager: &Manager, status: &str, started_at: Option<String>, error: Option<String>) {
+/// The original's `global_mcp_tool` record in the state file.
+async fn record(
+    manager: &Manager,
+    status: &str,
+    started_at: Option<String>,
+    error: Option<String>,
+) {
     let port = manager.config().gateway_port;
-    let _ = manager.store().update(|s| {
-        s.gateway = Some(crate::state::GatewayRecord {
-            port: Some(port),
-            status: status.to_owned(),
-            started_at,
-            error,
-        });
-    });
+    let _ = manager
+        .host()
+        .store
+        .update(|s| {
+            s.gateway = Some(crate::state::GatewayRecord {
+                port: Some(port),
+                status: status.to_owned(),
+                started_at,
+                error,
+            });
+        })
+        .await;
 }
 
-/// Binds synchronously (so a busy port is reported at once), then serves in a task.
-fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<in_flight::Serving> {
-    let (global, source) = auth::global_token(&manager.config().paths)
+/// Binds (a busy port is reported at once, after a short retry for a listener just closed), then
+/// serves in a task. Accepted sockets set `TCP_NODELAY`: a reply written in several small pieces
+/// must not wait for the client's delayed ACK.
+async fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<in_flight::Serving> {
+    let paths = manager.config().paths.clone();
+    let (global, source) = tokio::task::spawn_blocking(move || auth::global_token(&paths))
+        .await
+        .map_err(std::io::Error::other)?
         .map_err(|err| std::io::Error::other(format!("reading the gateway token: {err}")))?;
     if let Ok(Some(warning)) =
         crate::front_door::check_strength(&global, &source, std::net::Ipv4Addr::LOCALHOST.into())
     {
         tracing::warn!("gateway: {warning}");
     }
-    // Right after a close the old server task may still hold the port for a moment.
     let mut attempts = 0;
-    let std_listener = loop {
-        match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
+    let listener = loop {
+        match tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).await {
             Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && attempts < 20 => {
                 attempts += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             other => break other?,
         }
     };
-    std_listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)?;
     let serving = in_flight::Serving::default();
     let app = router(
         manager.clone(),
@@ -251,6 +330,9 @@ fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<in_flight::Se
     );
     let shutdown = serving.accept.clone();
     tokio::spawn(async move {
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
@@ -266,14 +348,14 @@ fn router(
     manager: Manager,
     global: Secret,
     sessions: CancellationToken,
-    in_flight: std::sync::Arc<in_flight::InFlight>,
+    in_flight: Arc<in_flight::InFlight>,
 ) -> Router {
     let door = crate::front_door::Door::new(
         crate::front_door::hosts_for(
             std::net::Ipv4Addr::LOCALHOST.into(),
             &manager.config().allowed_hosts,
         ),
-        auth::authorizer(manager.gateway().tokens.clone(), global),
+        auth::authorizer(manager.host().envs.clone(), global),
     );
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(door.hosts().iter().cloned())
@@ -297,7 +379,7 @@ fn router(
         .route(
             "/health",
             get(move || {
-                let active = manager.running_projects();
+                let active = manager.snapshot().running_count();
                 async move {
                     axum::Json(serde_json::json!({
                         "status": "ok", "server": "opencode-manager-gateway",

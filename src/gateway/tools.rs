@@ -23,7 +23,7 @@ use crate::front_door::Scope;
 use crate::instance::api::{ApiError, InstanceApi};
 use crate::ops::Manager;
 use crate::project::ProjectName;
-use crate::state::InstanceRecord;
+use crate::snapshot::InstanceState;
 
 /// How long a synchronous prompt may take (provider retries alone can take a minute).
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -465,7 +465,8 @@ impl GatewayServer {
         }
     }
 
-    /// The Project a call is for, and a client for its Instance.
+    /// The Project a call is for, and a client for its Instance. Routed from the snapshot; a
+    /// parked Project (or one starting) is started, or its start joined, before the call.
     async fn target(
         &self,
         server: Option<String>,
@@ -477,18 +478,18 @@ impl GatewayServer {
             .and_then(|parts| parts.extensions.get::<Scope>().cloned())
             // The auth layer always sets it; without it nothing is reachable.
             .ok_or_else(|| "this request carries no credentials".to_owned())?;
-        let state = self.manager.store().snapshot();
-        let running: Vec<String> = state
+        let snapshot = self.manager.snapshot();
+        let serving = |state: InstanceState| {
+            // A parked Project counts: it is started on demand.
+            matches!(
+                state,
+                InstanceState::Running | InstanceState::Unhealthy | InstanceState::Idle
+            )
+        };
+        let running: Vec<String> = snapshot
             .projects
             .iter()
-            .filter(|(_, r)| {
-                let alive = matches!(r.instance, InstanceRecord::Running { .. })
-                    && r.instance
-                        .proc()
-                        .is_some_and(|(p, _)| crate::instance::process::is_alive(p));
-                // A parked Project counts: it is started on demand.
-                alive || matches!(r.instance, InstanceRecord::Idle { .. })
-            })
+            .filter(|(_, view)| serving(view.state))
             .map(|(name, _)| name.clone())
             .collect();
         let name = match (server, &scope) {
@@ -499,7 +500,7 @@ impl GatewayServer {
                 [] => {
                     return Err(format!(
                         "No OpenCode server is running. Available servers: {}",
-                        list(state.projects.keys())
+                        list(snapshot.projects.keys())
                     ));
                 }
                 many => {
@@ -516,41 +517,37 @@ impl GatewayServer {
         {
             return Err(format!("this token reaches only project {own}, not {name}"));
         }
-        let Some(record) = ProjectName::parse(&name)
+        let Some(view) = ProjectName::parse(&name)
             .ok()
-            .and_then(|p| state.projects.get(p.as_str()))
+            .and_then(|p| snapshot.projects.get(p.as_str()))
         else {
             return Err(format!(
                 "OpenCode server not found: \"{name}\". Available servers: {}",
-                list(state.projects.keys())
+                list(snapshot.projects.keys())
             ));
         };
         let project = ProjectName::parse(&name).map_err(|err| err.message)?;
-        // Parked, or being started (on demand by another call, or by the supervisor): wait for
-        // that start under the Project's lock rather than failing the call.
-        let parked = matches!(record.instance, InstanceRecord::Idle { .. })
-            || (matches!(record.instance, InstanceRecord::Starting { .. })
-                && record
-                    .instance
-                    .proc()
-                    .is_some_and(|(p, _)| crate::instance::process::is_alive(p)));
-        let port = if parked {
-            // Parked for lack of activity: start it on demand, then serve the call.
-            crate::ops::start::resume(&self.manager, &project).await?
-        } else {
-            match (record.port, running.contains(&name)) {
-                (Some(port), true) => port,
-                _ => {
-                    return Err(format!(
-                        "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
-                    ));
-                }
+        let port = match (view.state, view.port) {
+            (InstanceState::Running | InstanceState::Unhealthy, Some(port)) => {
+                self.manager.supervisor().touch(&name);
+                port
+            }
+            // Parked for lack of activity, or being started: wait for that start.
+            (InstanceState::Idle | InstanceState::Starting, _) => {
+                crate::ops::resume::resume(&self.manager, &project).await?
+            }
+            _ => {
+                return Err(format!(
+                    "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
+                ));
             }
         };
-        self.manager.supervision().touch(&name);
-        let env = crate::project_env::load(&self.manager.config().paths.env_file(&project))
-            .map_err(|err| err.message)?;
-        Ok((name, InstanceApi::new(port, env.password)))
+        let env = self
+            .manager
+            .envs()
+            .get(project.as_str())
+            .ok_or_else(|| format!("the .env of project {name} is missing or invalid"))?;
+        Ok((name, InstanceApi::new(port, env.password.clone())))
     }
 
     /// Turns a failed call into a message that says what happened to the Project.

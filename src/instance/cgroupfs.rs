@@ -14,7 +14,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::limits::Limits;
 
@@ -201,10 +201,11 @@ pub(super) fn own_cgroups() -> (Vec<Mount>, Vec<Member>) {
     )
 }
 
-pub(super) fn probe_systemd() -> Result<(), String> {
+pub(super) async fn probe_systemd() -> Result<(), String> {
     let systemd_run = on_path("systemd-run").ok_or("systemd-run is not on PATH")?;
     let args = ["--user", "--scope", "--quiet", "--", "true"].map(String::from);
     run(&systemd_run, &args, Duration::from_secs(2))
+        .await
         .map_err(|e| format!("systemd-run --user failed: {e}"))?;
     on_path("busctl")
         .map(drop)
@@ -300,7 +301,7 @@ pub(super) fn add(dir: &Path, pid: i32) -> io::Result<()> {
 /// Asks the user's systemd for transient scope `unit` around `pids` (`pid` and its children), as
 /// `systemd-run --scope` does for itself, then waits (up to 2 s) until `pid` is in it; returns the
 /// scope's directories.
-pub(super) fn enforce_systemd(
+pub(super) async fn enforce_systemd(
     unit: &str,
     pid: i32,
     pids: &[i32],
@@ -312,24 +313,33 @@ pub(super) fn enforce_systemd(
         &busctl_args(unit, pids, limits),
         Duration::from_secs(5),
     )
+    .await
     .map_err(|e| io::Error::other(format!("creating {unit}: {e}")))?;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        let (mounts, _) = own_cgroups();
-        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let dirs: Vec<PathBuf> = parse_proc_cgroup(&text)
-            .iter()
-            .filter(|m| m.path.ends_with(&format!("/{unit}")))
-            .filter_map(|m| mount_of(&mounts, m).map(|mt| cgroup_dir(&mt.point, &mt.root, &m.path)))
-            .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        let unit = unit.to_owned();
+        let dirs = tokio::task::spawn_blocking(move || scope_dirs(pid, &unit))
+            .await
+            .unwrap_or_default();
         if !dirs.is_empty() {
             return Ok(dirs);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(io::Error::other(format!(
         "process {pid} did not move into {unit}"
     )))
+}
+
+/// The directories of the cgroups of `pid` named `unit`.
+fn scope_dirs(pid: i32, unit: &str) -> Vec<PathBuf> {
+    let (mounts, _) = own_cgroups();
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    parse_proc_cgroup(&text)
+        .iter()
+        .filter(|m| m.path.ends_with(&format!("/{unit}")))
+        .filter_map(|m| mount_of(&mounts, m).map(|mt| cgroup_dir(&mt.point, &mt.root, &m.path)))
+        .collect()
 }
 
 /// Memory charged to the first of `dirs` that has a counter (v2 `memory.current`, v1
@@ -352,25 +362,36 @@ pub(super) fn oom_killed(dirs: &[PathBuf]) -> bool {
         .any(|d| kills(d, "memory.events").or_else(|| kills(d, "memory.oom_control")) > Some(0))
 }
 
-/// Removes `dirs` (best effort), moving any leftover process to the parent first. May block for up
+/// Removes `dirs` (best effort), moving any leftover process to the parent first. Retries for up
 /// to half a second per directory while the kernel finishes releasing exited processes.
-pub(super) fn remove(dirs: &[PathBuf]) {
+pub(super) async fn remove(dirs: Vec<PathBuf>) {
     for dir in dirs {
         for _ in 0..25 {
-            match fs::remove_dir(dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {}
-                _ => break,
+            let attempt = dir.clone();
+            let removed = tokio::task::spawn_blocking(move || try_remove(&attempt))
+                .await
+                .unwrap_or(true);
+            if removed {
+                break;
             }
-            if let (Some(parent), Ok(procs)) =
-                (dir.parent(), fs::read_to_string(dir.join("cgroup.procs")))
-            {
-                for pid in procs.split_whitespace() {
-                    let _ = fs::write(parent.join("cgroup.procs"), pid);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// One attempt: removes `dir`, or moves its processes to the parent so the next attempt can.
+fn try_remove(dir: &Path) -> bool {
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {}
+        _ => return true,
+    }
+    if let (Some(parent), Ok(procs)) = (dir.parent(), fs::read_to_string(dir.join("cgroup.procs")))
+    {
+        for pid in procs.split_whitespace() {
+            let _ = fs::write(parent.join("cgroup.procs"), pid);
+        }
+    }
+    false
 }
 
 /// The directories among `expected` that exist, else every directory named `leaf` (up to 8 levels
@@ -424,36 +445,25 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Runs a systemd tool to completion within `timeout`; the error is its first stderr line.
-fn run(program: &Path, args: &[String], timeout: Duration) -> Result<(), String> {
+async fn run(program: &Path, args: &[String], timeout: Duration) -> Result<(), String> {
     // Only systemd-run and busctl, never an Instance: those are spawned by `instance::process`.
     #[allow(clippy::disallowed_methods)]
-    let mut command = std::process::Command::new(program);
+    let mut command = tokio::process::Command::new(program);
     command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait().map_err(|e| e.to_string())? {
-            Some(status) => break status,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no answer within {} s", timeout.as_secs()));
-            }
-        }
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = io::Read::read_to_string(&mut pipe, &mut stderr);
-    }
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(timeout, command.output())
+        .await
+        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+        .map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
     match stderr.lines().map(str::trim).find(|l| !l.is_empty()) {
-        _ if status.success() => Ok(()),
+        _ if output.status.success() => Ok(()),
         Some(line) => Err(line.to_owned()),
-        None => Err(format!("exited with {status}")),
+        None => Err(format!("exited with {}", output.status)),
     }
 }
 

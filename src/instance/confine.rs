@@ -94,6 +94,23 @@ impl Isolation {
         }
     }
 
+    /// Reads back what [`Isolation::describe`] wrote (for an Instance adopted from the state file).
+    pub fn parse(text: &str) -> Isolation {
+        if let Some(rest) = text.strip_prefix("landlock ABI ") {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(abi) = digits.parse() {
+                return Isolation::Landlock { abi };
+            }
+        }
+        let reason = text
+            .strip_prefix("none (")
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or(text);
+        Isolation::None {
+            reason: reason.to_owned(),
+        }
+    }
+
     pub fn is_confined(&self) -> bool {
         matches!(self, Isolation::Landlock { .. })
     }
@@ -490,6 +507,19 @@ mod tests {
         }
         if droppable_caps().is_some() {
             assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+        }
+    }
+
+    #[test]
+    fn isolation_reads_back_what_it_describes() {
+        for isolation in [
+            Isolation::Landlock { abi: 7 },
+            Isolation::Landlock { abi: 5 },
+            Isolation::None {
+                reason: "isolation = \"off\" (x)".into(),
+            },
+        ] {
+            assert_eq!(Isolation::parse(&isolation.describe()), isolation);
         }
     }
 

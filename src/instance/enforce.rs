@@ -46,20 +46,31 @@ pub struct Detection {
 }
 
 /// Probes, in order: a systemd user manager, a writable cgroup v2 subtree, writable cgroup v1
-/// hierarchies (memory, pids, cpu); else rlimits. Blocks for up to about 2 s (the systemd probe).
-/// Its only lasting effect: enabling controllers for the children of our own cgroup v2.
-pub fn detect() -> Detection {
-    let systemd = cgroupfs::probe_systemd();
+/// hierarchies (memory, pids, cpu); else rlimits. Takes up to about 2 s (the systemd probe); the
+/// cgroup probes run off the async threads. Its only lasting effect: enabling controllers for the
+/// children of our own cgroup v2.
+pub async fn detect() -> Detection {
+    let systemd = cgroupfs::probe_systemd().await;
     if systemd.is_ok() {
         return decide(systemd, None, None);
     }
-    let (mounts, members) = cgroupfs::own_cgroups();
-    let v2 = cgroupfs::probe_v2(&mounts, &members);
-    if v2.is_ok() {
-        return decide(systemd, Some(v2), None);
+    let cgroups = tokio::task::spawn_blocking(|| {
+        let (mounts, members) = cgroupfs::own_cgroups();
+        let v2 = cgroupfs::probe_v2(&mounts, &members);
+        if v2.is_ok() {
+            return (v2, None);
+        }
+        let v1 = ["memory", "pids", "cpu"].map(|c| cgroupfs::probe_v1(&mounts, &members, c));
+        (v2, Some(v1))
+    })
+    .await;
+    match cgroups {
+        Ok((v2, v1)) => decide(systemd, Some(v2), v1),
+        Err(err) => Detection {
+            mechanism: Mechanism::Rlimit,
+            reason: format!("probing the cgroups failed: {err}"),
+        },
     }
-    let v1 = ["memory", "pids", "cpu"].map(|c| cgroupfs::probe_v1(&mounts, &members, c));
-    decide(systemd, Some(v2), Some(v1))
 }
 
 /// The first mechanism that works, and why the earlier ones do not; `None` means not probed.
@@ -116,7 +127,7 @@ fn decide(systemd: Result<(), String>, v2: Option<Probe>, v1: Option<[Probe; 3]>
 }
 
 /// The cgroups of an Instance; dropping it leaves them in place (see [`Enforced::remove`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Enforced {
     dirs: Vec<PathBuf>,
     /// systemd owns the scope's directories and collects them; we never rmdir them.
@@ -125,7 +136,8 @@ pub struct Enforced {
 
 /// Puts a just-spawned process (and any children it already has) into fresh cgroups named for
 /// `name` with `limits`. Empty limits, or [`Mechanism::Rlimit`], give a handle that does nothing.
-pub fn enforce(
+/// The cgroup work runs off the async threads.
+pub async fn enforce(
     mechanism: &Mechanism,
     name: &str,
     pid: i32,
@@ -144,7 +156,10 @@ pub fn enforce(
         Mechanism::Rlimit => return Ok(Enforced::default()),
         Mechanism::Systemd => {
             let unit = format!("{cgroup}.scope");
-            let dirs = cgroupfs::enforce_systemd(&unit, pid, &tree(pid), limits)?;
+            let pids = tokio::task::spawn_blocking(move || tree(pid))
+                .await
+                .unwrap_or_else(|_| vec![pid]);
+            let dirs = cgroupfs::enforce_systemd(&unit, pid, &pids, limits).await?;
             return Ok(Enforced {
                 dirs,
                 systemd: true,
@@ -157,6 +172,31 @@ pub fn enforce(
             .zip(cgroupfs::plan_v1(limits))
             .collect(),
     };
+    let groups: Vec<(Option<PathBuf>, Vec<Setting>)> = groups
+        .into_iter()
+        .map(|(parent, plan)| (parent.cloned(), plan))
+        .collect();
+    let (name, cgroup) = (name.to_owned(), cgroup.clone());
+    let created = tokio::task::spawn_blocking(move || create_all(&name, &cgroup, pid, groups))
+        .await
+        .map_err(io::Error::other)?;
+    match created {
+        Ok(enforced) => Ok(enforced),
+        Err((enforced, err)) => {
+            enforced.remove().await;
+            Err(err)
+        }
+    }
+}
+
+/// Creates the cgroups of `plan` under their parents and moves `pid`'s tree into them; on a
+/// failure, returns what was created so far with the error.
+fn create_all(
+    name: &str,
+    cgroup: &str,
+    pid: i32,
+    groups: Vec<(Option<PathBuf>, Vec<Setting>)>,
+) -> Result<Enforced, (Enforced, io::Error)> {
     let mut enforced = Enforced::default();
     for (parent, plan) in groups.into_iter().filter(|(_, plan)| !plan.is_empty()) {
         let Some(parent) = parent else {
@@ -167,11 +207,10 @@ pub fn enforce(
             );
             continue;
         };
-        let dir = parent.join(&cgroup);
+        let dir = parent.join(cgroup);
         enforced.dirs.push(dir.clone());
         if let Err(err) = cgroupfs::create(&dir, &plan, pid) {
-            enforced.remove();
-            return Err(err);
+            return Err((enforced, err));
         }
         for child in tree(pid).into_iter().skip(1) {
             let _ = cgroupfs::add(&dir, child);
@@ -193,12 +232,12 @@ impl Enforced {
     }
 
     /// Removes the cgroups (best effort), moving any leftover process to the parent first. May
-    /// block for up to half a second while the kernel finishes releasing exited processes.
-    pub fn remove(self) {
+    /// take up to half a second while the kernel finishes releasing exited processes.
+    pub async fn remove(self) {
         if self.systemd {
             return; // CollectMode=inactive-or-failed: systemd removes the scope once it is empty.
         }
-        cgroupfs::remove(&self.dirs);
+        cgroupfs::remove(self.dirs).await;
     }
 
     pub fn paths(&self) -> Vec<PathBuf> {
@@ -354,12 +393,12 @@ mod tests {
 
     /// Needs root (or a delegated cgroup) to exercise the cgroup path; without one, the handle
     /// must be a no-op. On the development machines (root, cgroup v1) the cgroup path runs.
-    #[test]
+    #[tokio::test]
     #[allow(clippy::disallowed_methods)] // a throwaway python3 memory hog, not an Instance
-    fn a_memory_limit_oom_kills_a_hog_and_remove_cleans_up() {
+    async fn a_memory_limit_oom_kills_a_hog_and_remove_cleans_up() {
         use std::io::Write as _;
         use std::os::unix::process::ExitStatusExt as _;
-        let detection = detect();
+        let detection = detect().await;
         assert!(!detection.reason.is_empty());
         match &detection.mechanism {
             Mechanism::CgroupV2 { root } => assert!(root.is_dir(), "{root:?}"),
@@ -391,7 +430,7 @@ mod tests {
             .expect("python3 must be installed for this test");
         let pid = child.id() as i32;
         let name = format!("test-oom-{}", std::process::id());
-        let enforced = enforce(&detection.mechanism, &name, pid, &limits);
+        let enforced = enforce(&detection.mechanism, &name, pid, &limits).await;
         if detection.mechanism == Mechanism::Rlimit {
             let _ = child.kill();
             let _ = child.wait();
@@ -449,7 +488,7 @@ mod tests {
             enforced.paths()
         );
         let paths = enforced.paths();
-        enforced.remove();
+        enforced.remove().await;
         if detection.mechanism != Mechanism::Systemd {
             assert!(paths.iter().all(|p| !p.exists()), "left behind: {paths:?}");
         }

@@ -35,6 +35,21 @@ pub fn is_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
+/// Waits (briefly, checking every 20 ms) until `port` is free: the kernel releases a listening
+/// socket a moment after its process is gone. Returns whether it is free.
+pub async fn wait_free(port: u16, timeout: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if is_free(port) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The first free candidate.
 pub fn choose(
     project: &str,

@@ -1,13 +1,17 @@
-//! Instance processes: spawning them detached, proving they are ours, and stopping them with
-//! nothing left behind.
+//! Instance processes: spawning them detached and confined, proving they are ours, waiting for
+//! them to end, and stopping them with nothing left behind.
 //!
 //! The only module that spawns or signals Instance processes. A process is "ours" only when its pid
 //! *and* its start time (`/proc/<pid>/stat` field 22) match what was recorded: pids are reused, so
-//! `kill(pid, 0)` proves nothing. Everything an Instance starts carries a marker variable
-//! (`OCM_INSTANCE`), which is how the stop sequence finds tool processes that left its process group.
+//! `kill(pid, 0)` proves nothing. Once proven, a process is held by a pidfd, which signals and
+//! waits without a race and without polling. Everything an Instance starts carries a marker
+//! variable (`OCM_INSTANCE`), which is how the stop sequence finds tool processes that left its
+//! process group. Functions that read `/proc` are blocking; async callers use them through
+//! `spawn_blocking`.
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +19,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rustix::process::{Pid, PidfdFlags, Signal};
+use tokio::io::unix::AsyncFd;
 
 use super::confine::{self, Confinement};
 use crate::state::ProcIdentity;
@@ -57,6 +62,38 @@ fn stat_identity(pid: i32) -> Option<(ProcIdentity, bool)> {
 /// Whether the recorded process is still the same, living process.
 pub fn is_alive(id: ProcIdentity) -> bool {
     identity(id.pid) == Some(id)
+}
+
+/// A pidfd for the recorded process, if it is still that process. The pidfd is opened first and
+/// the identity checked after, so the pidfd can only refer to the recorded process.
+pub fn pidfd(id: ProcIdentity) -> Option<OwnedFd> {
+    let pidfd = rustix::process::pidfd_open(Pid::from_raw(id.pid)?, PidfdFlags::empty()).ok()?;
+    is_alive(id).then_some(pidfd)
+}
+
+/// Waits until the process behind `pidfd` has exited, or `timeout` passes; returns whether it
+/// exited. Event-driven: the pidfd becomes readable when the process ends.
+pub async fn exited(pidfd: &OwnedFd, timeout: Duration) -> bool {
+    let Ok(copy) = pidfd.try_clone() else {
+        return false;
+    };
+    match tokio::time::timeout(timeout, until_exit(copy)).await {
+        Ok(result) => result.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Waits for the process behind `pidfd` to exit (a process that is not our child: its status is
+/// its parent's to collect).
+pub async fn until_exit(pidfd: OwnedFd) -> io::Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: the AsyncFd owns the pidfd, which stays open and the same for the AsyncFd's life.
+    let fd = unsafe {
+        AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+            .map_err(io::Error::from)?
+    };
+    let _ready = fd.readable().await?;
+    Ok(())
 }
 
 /// Resident memory of one process in bytes, if it is readable.
@@ -135,60 +172,81 @@ pub fn detach(command: &mut std::process::Command) {
 /// What a stop did, for the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct StopReport {
-    /// The Instance's group had to be killed with SIGKILL after the grace period.
+    /// The Instance had to be killed with SIGKILL after the grace period.
     pub killed: bool,
-    /// Processes found by their marker after the group was gone (escaped tool processes).
+    /// Processes found by their marker after the group was signalled (escaped tool processes).
     pub swept: usize,
 }
 
-/// Ends an Instance and everything it started: SIGTERM to its process group, SIGKILL after `grace`,
-/// then a sweep of processes still carrying `marker`. The group is signalled only while its leader
-/// is provably ours, or gone (the kernel does not reuse a group id while the group has members).
+/// Ends an Instance and everything it started: SIGTERM to its process group, SIGKILL to the group
+/// after `grace` if the leader is still alive, then a sweep of processes still carrying `marker`.
+/// The group is signalled only while its leader is provably ours, or gone (the kernel does not
+/// reuse a group id while the group has members). Waits on pidfds, never by polling.
 pub async fn terminate(id: ProcIdentity, marker: &str, grace: Duration) -> StopReport {
     let mut report = StopReport::default();
-    let group_is_ours = match identity(id.pid) {
-        Some(current) => current == id,
-        None => true,
+    let leader = tokio::task::spawn_blocking(move || (pidfd(id), identity(id.pid)))
+        .await
+        .unwrap_or((None, None));
+    let group_is_ours = match (&leader.0, leader.1) {
+        (Some(_), _) => true,
+        // Gone: its group may still hold tool processes, and cannot have been reused.
+        (None, None) => true,
+        // The pid belongs to another process now: leave it alone.
+        (None, Some(_)) => false,
     };
     if let (true, Some(pgid)) = (group_is_ours, Pid::from_raw(id.pid)) {
         let _ = rustix::process::kill_process_group(pgid, Signal::TERM);
-        if !wait_for(|| !group_exists(pgid), grace).await {
+        let ended = match &leader.0 {
+            Some(pidfd) => exited(pidfd, grace).await,
+            None => true,
+        };
+        if !ended {
             report.killed = true;
-            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
-            wait_for(|| !group_exists(pgid), Duration::from_secs(2)).await;
+            if let Some(pidfd) = &leader.0 {
+                let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
+            }
+        }
+        // Whatever of the group ignored SIGTERM (or outlived its leader) ends now.
+        let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        if let (false, Some(pidfd)) = (ended, &leader.0) {
+            exited(pidfd, Duration::from_secs(2)).await;
         }
     }
-    report.swept = sweep(|value| value == marker).await;
+    let marker = marker.to_owned();
+    report.swept = sweep(move |value| value == marker).await;
     report
 }
 
-/// Kills every process whose marker matches `matches`, and waits until they are gone. Returns how
-/// many there were. Each process is pinned with a pidfd before its environment is read, so a pid
-/// reused in between is never signalled.
-pub async fn sweep(matches: impl Fn(&str) -> bool) -> usize {
-    let mut killed = Vec::new();
-    for pid in all_pids() {
-        let Some(pidfd) = Pid::from_raw(pid)
-            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
-        else {
-            continue;
-        };
-        if marker_of(pid).is_some_and(|value| matches(&value))
-            && rustix::process::pidfd_send_signal(&pidfd, Signal::KILL).is_ok()
-        {
-            killed.push(pid);
+/// Kills every process whose marker matches `matches` (one pass over `/proc`, off the async
+/// threads), and waits on their pidfds until they are gone. Returns how many there were. Each
+/// process is pinned with a pidfd before its environment is read, so a pid reused in between is
+/// never signalled.
+pub async fn sweep(matches: impl Fn(&str) -> bool + Send + 'static) -> usize {
+    let killed = tokio::task::spawn_blocking(move || {
+        let mut killed = Vec::new();
+        for pid in all_pids() {
+            let Some(pidfd) = Pid::from_raw(pid)
+                .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
+            else {
+                continue;
+            };
+            if marker_of(pid).is_some_and(|value| matches(&value))
+                && rustix::process::pidfd_send_signal(&pidfd, Signal::KILL).is_ok()
+            {
+                killed.push(pidfd);
+            }
         }
+        killed
+    })
+    .await
+    .unwrap_or_default();
+    for pidfd in &killed {
+        exited(pidfd, Duration::from_secs(5)).await;
     }
-    let n = killed.len();
-    wait_for(
-        || killed.iter().all(|pid| identity(*pid).is_none()),
-        Duration::from_secs(5),
-    )
-    .await;
-    n
+    killed.len()
 }
 
-/// Processes carrying a marker that `matches`, without touching them.
+/// Processes carrying a marker that `matches`, without touching them. Blocking.
 pub fn find_marked(matches: impl Fn(&str) -> bool) -> Vec<i32> {
     all_pids()
         .filter(|pid| marker_of(*pid).is_some_and(|value| matches(&value)))
@@ -212,40 +270,6 @@ fn marker_of(pid: i32) -> Option<String> {
         .split(|b| *b == 0)
         .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
         .map(|value| String::from_utf8_lossy(value).into_owned())
-}
-
-fn group_exists(pgid: Pid) -> bool {
-    // A group of only zombies still "exists" for kill(2); look for a live member instead.
-    rustix::process::test_kill_process_group(pgid).is_ok()
-        && all_pids().any(|pid| in_live_group(pid, pgid.as_raw_nonzero().get()))
-}
-
-fn in_live_group(pid: i32, pgid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return false;
-    };
-    let mut fields = stat[close + 1..].split_whitespace();
-    let state = fields.next();
-    // After state come ppid and pgrp.
-    let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
-    group == Some(pgid) && !matches!(state, Some("Z" | "X"))
-}
-
-/// Polls `done` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub async fn wait_for(mut done: impl FnMut() -> bool, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Reads a pid file written by [`write_pid_file`]; a missing or malformed file gives `None`.
@@ -279,6 +303,14 @@ mod tests {
             }),
             "start time must match"
         );
+        assert!(pidfd(id).is_some());
+        assert!(
+            pidfd(ProcIdentity {
+                pid: me,
+                start_ticks: id.start_ticks + 1
+            })
+            .is_none()
+        );
     }
 
     #[tokio::test]
@@ -304,18 +336,31 @@ mod tests {
         };
         let (mut child, id) =
             spawn_detached(&spec, Confinement::disabled("a test".into())).expect("spawn");
-        assert!(
-            wait_for(
-                || read_pid_file(&child_pid_file).is_some(),
-                Duration::from_secs(10)
-            )
-            .await
-        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while read_pid_file(&child_pid_file).is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "no child pid");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let escaped = read_pid_file(&child_pid_file).expect("child pid");
         let report = terminate(id, &marker, Duration::from_secs(2)).await;
         let _ = child.wait().await;
         assert_eq!(report.swept, 1, "the escaped child is found by its marker");
         assert!(identity(escaped).is_none());
         assert!(find_marked(|v| v == marker).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pidfd_says_when_a_process_ends() {
+        #[allow(clippy::disallowed_methods)]
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .expect("spawn");
+        let id = identity(child.id() as i32).expect("identity");
+        let pidfd = pidfd(id).expect("pidfd");
+        assert!(!exited(&pidfd, Duration::from_millis(50)).await);
+        child.kill().expect("kill");
+        assert!(exited(&pidfd, Duration::from_secs(10)).await);
+        let _ = child.wait();
     }
 }

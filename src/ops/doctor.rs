@@ -11,11 +11,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::Manager;
 use crate::config::OPENCODE_VERSION;
 use crate::instance::binary::{self, Source};
 use crate::instance::enforce::Mechanism;
-use crate::reply::{Reply, Status};
+use crate::lifecycle::Host;
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,16 +38,23 @@ fn problem(line: String) -> Check {
     }
 }
 
-pub async fn doctor(manager: &Manager) -> Reply {
-    let config = manager.config();
+/// Every check's line, and how many are problems.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checks {
+    pub lines: Vec<String>,
+    pub problems: usize,
+}
+
+pub async fn doctor(host: &Host) -> Checks {
+    let config = &host.config;
     let (git, ssh, npm, detection) = tokio::join!(
         first_line(Path::new("git"), &["--version"]),
         first_line(Path::new("ssh"), &["-V"]),
         first_line(Path::new("npm"), &["--version"]),
         // The mechanism in force for this daemon (probed once), not a fresh guess.
-        manager.limit_mechanism(),
+        host.limit_mechanism(),
     );
-    let opencode = opencode_check(manager, npm.is_ok()).await;
+    let opencode = opencode_check(host, npm.is_ok()).await;
     let checks = [
         opencode,
         match git {
@@ -70,7 +76,7 @@ pub async fn doctor(manager: &Manager) -> Reply {
             )),
         },
         home_check(&config.paths),
-        isolation_check(manager),
+        isolation_check(host),
         fine({
             let kind = match detection.mechanism {
                 Mechanism::Systemd => "systemd",
@@ -85,18 +91,15 @@ pub async fn doctor(manager: &Manager) -> Reply {
         .iter()
         .map(|w| problem(format!("config: {w}")));
     let checks: Vec<Check> = checks.into_iter().chain(warnings).collect();
-    let problems = checks.iter().filter(|c| c.problem).count();
-    let mut reply = Reply::new(
-        Status::Success,
-        format!("{} checks, {problems} problems", checks.len()),
-    );
-    reply.items = Some(checks.into_iter().map(|c| c.line).collect());
-    reply
+    Checks {
+        problems: checks.iter().filter(|c| c.problem).count(),
+        lines: checks.into_iter().map(|c| c.line).collect(),
+    }
 }
 
 /// Finds `opencode` as a start would (without installing it) and asks its version.
-async fn opencode_check(manager: &Manager, npm_present: bool) -> Check {
-    let config = manager.config();
+async fn opencode_check(host: &Host, npm_present: bool) -> Check {
+    let config = &host.config;
     let found = binary::find(None, config.opencode_bin.as_deref(), &config.paths);
     let (bin, source) = match found {
         Ok(Some(found)) => found,
@@ -142,9 +145,8 @@ async fn opencode_check(manager: &Manager, npm_present: bool) -> Check {
 }
 
 /// How a start would confine an Instance now: `isolation: landlock ABI <n>` or `isolation: none (…)`.
-fn isolation_check(manager: &Manager) -> Check {
-    let isolation =
-        crate::sandbox::expected_isolation(manager.config(), manager.isolation_support());
+fn isolation_check(host: &Host) -> Check {
+    let isolation = crate::sandbox::expected_isolation(&host.config, host.isolation_support());
     let line = format!("isolation: {}", isolation.describe());
     if isolation.is_confined() {
         fine(line)
@@ -275,10 +277,11 @@ mod tests {
     async fn doctor_reports_every_check_and_the_limits_mechanism() {
         let home = tempfile::tempdir().expect("tempdir");
         let paths = crate::config::Paths::new(home.path().to_owned());
-        let config = crate::config::Config::load(paths).expect("config");
-        let manager = Manager::open(config).expect("manager");
-        let reply = doctor(&manager).await;
-        let items = reply.items.clone().expect("items");
+        let config = crate::config::Config::load(paths.clone()).expect("config");
+        let (store, _) = crate::state::store::Store::open(&paths).expect("store");
+        let host = Host::new(config, store, std::sync::Arc::default());
+        let checks = doctor(&host).await;
+        let items = checks.lines.clone();
         assert_eq!(items.len(), 7, "{items:?}");
         for prefix in [
             "opencode: ",
@@ -304,10 +307,6 @@ mod tests {
                 && limits.ends_with(')'),
             "{limits}"
         );
-        let message = reply.message.expect("message");
-        assert!(
-            message.starts_with("7 checks, ") && message.ends_with(" problems"),
-            "{message}"
-        );
+        assert!(checks.problems <= items.len());
     }
 }

@@ -1,19 +1,21 @@
-//! The application API: one file per operation, shared by every transport (CLI, MCP, dashboard).
+//! The application API: one file per operation, shared by every door (CLI and MCP through the
+//! daemon socket, the Gateway, the dashboard).
 //!
-//! [`Manager`] is a cheap handle to the daemon's single owner of state and Instances. Operations on
-//! one Project are serialised by a per-Project lock; different Projects proceed in parallel, and a
-//! second `start` of a Project whose start is in flight joins it instead of racing it. Operations
-//! return a [`reply::Reply`]; they never print.
+//! [`Manager`] is a cheap handle on what operations use: the [`Host`] (config, state store, `.env`
+//! cache), the Supervisor's [`Handle`], the published [`Snapshot`], and the Gateway's control
+//! channel, which `ops` owns and the Gateway task receives. Operations on one Project are
+//! serialised by a per-Project lock; a second `start` of a Project whose start is in flight joins
+//! it. Operations return domain outcomes or an [`OpError`] (or [`Failure::NotFound`]); the reply
+//! a client sees is built at the door. They never print, and import nothing from `gateway`.
 
 pub mod destroy;
 pub mod doctor;
-pub mod launch;
 pub mod list;
 pub mod logs;
 pub mod mcp_restart;
 pub mod mcp_status;
-pub mod reconcile;
 pub mod restart;
+pub mod resume;
 pub mod start;
 pub mod status;
 pub mod stop;
@@ -21,16 +23,19 @@ pub mod stop_mcp_tool;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::error::ErrorCode;
+use crate::env_cache::EnvCache;
+use crate::error::{ErrorCode, OpError};
+use crate::lifecycle::Host;
 use crate::project::ProjectName;
 use crate::project_env::Mode;
-use crate::reply::Reply;
-use crate::state::store::{Store, StoreError};
+use crate::snapshot::Snapshot;
+use crate::supervisor::Handle;
 
 /// Settings that travel with each request: those of the process the user started, not the daemon's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -83,90 +88,93 @@ impl CallerSettings {
     }
 }
 
-/// Where an operation reports its steps (MCP progress notifications, CLI stderr lines).
-#[derive(Clone, Default)]
-pub struct Progress(Option<mpsc::UnboundedSender<String>>);
+/// Why an operation about one Project has no result: the Project does not exist (a status of
+/// its own, `not_found`, not an error), or an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    NotFound { project: String, known: Vec<String> },
+    Error(OpError),
+}
 
-impl Progress {
-    pub fn to(sender: mpsc::UnboundedSender<String>) -> Progress {
-        Progress(Some(sender))
-    }
-
-    pub fn step(&self, message: impl Into<String>) {
-        if let Some(sender) = &self.0 {
-            let _ = sender.send(message.into());
-        }
+impl From<OpError> for Failure {
+    fn from(err: OpError) -> Failure {
+        Failure::Error(err)
     }
 }
 
-/// The daemon's handle on everything it owns.
+/// What the Gateway task is asked by `mcp_restart` and `stop_mcp_tool`.
+pub enum GatewayRequest {
+    /// Close and reopen; the reply is why it could not listen, if it could not.
+    Restart(oneshot::Sender<Result<(), String>>),
+    /// Close until a user starts a Project (or `mcp_restart`); the reply says whether it was open.
+    Stop(oneshot::Sender<bool>),
+}
+
+/// The daemon's handle on what operations use.
 #[derive(Clone)]
 pub struct Manager {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    config: Config,
-    store: Store,
-    /// Told once, to the next `list` or `status` (a migrated or corrupt state file).
+    host: Arc<Host>,
+    supervisor: Handle,
+    snapshot: watch::Receiver<Snapshot>,
+    gateway: mpsc::UnboundedSender<GatewayRequest>,
+    /// Told once, to the next `list` or `status` (a migrated state file).
     notices: Mutex<Vec<String>>,
     // std mutexes: held only to look up or insert an entry, never across an `.await`.
     project_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    starts_in_flight: Mutex<HashMap<String, watch::Receiver<Option<Reply>>>>,
-    /// Serialises the one-time npm install of the managed OpenCode.
-    install_lock: tokio::sync::Mutex<()>,
-    /// Serialises choosing and recording ports, so two starts never pick the same one.
-    port_lock: tokio::sync::Mutex<()>,
-    gateway: crate::gateway::Gateway,
-    restarts_in_flight: std::sync::atomic::AtomicUsize,
-    supervision: crate::supervisor::Shared,
-    /// Launches whose process is this daemon's child, watched for its exit status.
-    watched: Mutex<std::collections::HashSet<String>>,
-    /// Which limit mechanism this machine offers, found on first need (it may run a probe).
-    limit_mechanism: tokio::sync::OnceCell<crate::instance::enforce::Detection>,
-    /// What Landlock this kernel offers, asked once at open.
-    isolation_support: crate::instance::confine::Support,
-    /// `--version` of each agent program, keyed by its path and modification time, so each
-    /// binary is asked once (an upgrade in place is asked again).
-    versions: Mutex<HashMap<(std::path::PathBuf, i64), String>>,
-    /// The limits each running Instance got, with the cgroup that enforces them (if any).
-    enforced: Mutex<HashMap<String, Enforcement>>,
+    starts_in_flight: Mutex<HashMap<String, watch::Receiver<Option<StartResult>>>>,
 }
 
+type StartResult = Result<start::StartReply, OpError>;
+
 impl Manager {
-    /// Opens the state file; `notices` from migration or a corrupt file are kept for replies.
-    pub fn open(config: Config) -> Result<Manager, StoreError> {
-        let (store, report) = Store::open(&config.paths)?;
-        for notice in &report.notices {
-            tracing::warn!("{notice}");
-        }
-        Ok(Manager {
+    pub fn new(
+        host: Arc<Host>,
+        supervisor: Handle,
+        snapshot: watch::Receiver<Snapshot>,
+        gateway: mpsc::UnboundedSender<GatewayRequest>,
+        notices: Vec<String>,
+    ) -> Manager {
+        Manager {
             inner: Arc::new(Inner {
-                config,
-                store,
-                notices: Mutex::new(report.notices),
+                host,
+                supervisor,
+                snapshot,
+                gateway,
+                notices: Mutex::new(notices),
                 project_locks: Mutex::default(),
                 starts_in_flight: Mutex::default(),
-                install_lock: tokio::sync::Mutex::new(()),
-                port_lock: tokio::sync::Mutex::new(()),
-                gateway: crate::gateway::Gateway::default(),
-                restarts_in_flight: std::sync::atomic::AtomicUsize::new(0),
-                supervision: crate::supervisor::Shared::default(),
-                watched: Mutex::default(),
-                limit_mechanism: tokio::sync::OnceCell::new(),
-                isolation_support: crate::instance::confine::detect(),
-                versions: Mutex::default(),
-                enforced: Mutex::default(),
             }),
-        })
+        }
     }
 
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        &self.inner.host.config
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    pub fn host(&self) -> &Arc<Host> {
+        &self.inner.host
+    }
+
+    pub fn envs(&self) -> &EnvCache {
+        &self.inner.host.envs
+    }
+
+    pub fn supervisor(&self) -> &Handle {
+        &self.inner.supervisor
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        self.inner.snapshot.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.inner.snapshot.clone()
     }
 
     /// Takes the pending notices; each is reported once.
@@ -190,269 +198,92 @@ impl Manager {
         lock.lock_owned().await
     }
 
-    pub(crate) fn install_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.inner.install_lock
-    }
-
-    pub(crate) fn port_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.inner.port_lock
-    }
-
-    /// How many restarts are between their stop and their start.
-    pub fn restarts_in_flight(&self) -> usize {
-        self.inner
-            .restarts_in_flight
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Marks a restart in progress until the guard drops.
-    pub(crate) fn restart_guard(&self) -> RestartGuard {
-        self.inner
-            .restarts_in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        RestartGuard(self.clone())
-    }
-
-    /// The limit mechanism in force (probed once, off the async threads).
-    pub async fn limit_mechanism(&self) -> &crate::instance::enforce::Detection {
-        self.inner
-            .limit_mechanism
-            .get_or_init(|| async {
-                tokio::task::spawn_blocking(crate::instance::enforce::detect)
-                    .await
-                    .unwrap_or_else(|_| crate::instance::enforce::Detection {
-                        mechanism: crate::instance::enforce::Mechanism::Rlimit,
-                        reason: "the probe failed".into(),
-                    })
-            })
-            .await
-    }
-
-    /// What Landlock the kernel offers this daemon.
-    pub fn isolation_support(&self) -> &crate::instance::confine::Support {
-        &self.inner.isolation_support
-    }
-
-    /// A program's version, asked once per binary (path and modification time).
-    pub(crate) async fn program_version(
-        &self,
-        program: &std::path::Path,
-    ) -> Result<String, String> {
-        use std::os::unix::fs::MetadataExt as _;
-        let key = (
-            program.to_owned(),
-            std::fs::metadata(program).map_or(0, |m| m.mtime()),
-        );
-        if let Some(version) = self
-            .inner
-            .versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(version.clone());
-        }
-        let version = crate::instance::binary::version(program).await?;
-        self.inner
-            .versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, version.clone());
-        Ok(version)
-    }
-
-    /// Remembers the limits (and cgroup) of a Project's current Instance.
-    pub(crate) fn set_enforcement(&self, project: &str, enforcement: Option<Enforcement>) {
-        let previous = {
-            let mut map = self
-                .inner
-                .enforced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match enforcement {
-                Some(e) => map.insert(project.to_owned(), e),
-                None => map.remove(project),
-            }
-        };
-        if let Some(Enforcement {
-            cgroup: Some(cgroup),
-            ..
-        }) = previous
-        {
-            cgroup.remove();
-        }
-    }
-
-    /// Whether the kernel OOM-killed something in the Project's cgroup, and its memory limit.
-    pub(crate) fn enforcement_facts(&self, project: &str) -> (bool, Option<u64>) {
-        let map = self
-            .inner
-            .enforced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match map.get(project) {
-            Some(e) => (
-                e.cgroup.as_ref().is_some_and(|c| c.oom_killed()),
-                e.limits.memory_bytes,
-            ),
-            None => (false, None),
-        }
-    }
-
-    /// The memory limit the RSS watchdog must guard: set, but enforced by no cgroup.
-    pub(crate) fn watchdog_limit(&self, project: &str) -> Option<u64> {
-        let map = self
-            .inner
-            .enforced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.get(project)
-            .filter(|e| e.cgroup.is_none())
-            .and_then(|e| e.limits.memory_bytes)
-    }
-
-    /// Marks a launch as watched (or no longer) by an exit watcher, which records its exit status.
-    pub(crate) fn set_watched(&self, launch_id: &str, watched: bool) {
-        let mut set = self.inner.watched.lock().unwrap_or_else(|p| p.into_inner());
-        if watched {
-            set.insert(launch_id.to_owned());
-        } else {
-            set.remove(launch_id);
-        }
-    }
-
-    /// Whether an exit watcher owns the outcome of this launch.
-    pub(crate) fn is_watched(&self, launch_id: &str) -> bool {
-        self.inner
-            .watched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(launch_id)
-    }
-
-    /// A client for a Project's Instance (its recorded port and the password in its `.env`).
-    pub(crate) fn instance_api(
-        &self,
-        project: &ProjectName,
-    ) -> Option<crate::instance::api::InstanceApi> {
-        let port = self
-            .store()
-            .snapshot()
-            .projects
-            .get(project.as_str())?
-            .port?;
-        let env = crate::project_env::load(&self.config().paths.env_file(project)).ok()?;
-        Some(crate::instance::api::InstanceApi::new(port, env.password))
-    }
-
-    pub fn supervision(&self) -> &crate::supervisor::Shared {
-        &self.inner.supervision
-    }
-
-    /// Projects the user wants running that are parked or between a crash and their restart;
-    /// like running ones, they keep the daemon and the gateway open.
-    pub fn parked_projects(&self) -> usize {
-        self.store()
-            .snapshot()
-            .projects
-            .values()
-            .filter(|r| r.desired == crate::state::Desired::Running)
-            .filter(|r| {
-                matches!(
-                    r.instance,
-                    crate::state::InstanceRecord::Idle { .. }
-                        | crate::state::InstanceRecord::Stopped { .. }
-                )
-            })
-            .count()
-    }
-
-    pub fn gateway(&self) -> &crate::gateway::Gateway {
-        &self.inner.gateway
-    }
-
-    /// Brings the gateway in line with the running Projects; a failure to listen becomes a warning.
-    pub(crate) fn sync_gateway(&self, reply: Reply, trigger: crate::gateway::Trigger) -> Reply {
-        crate::gateway::servers_file::update(self);
-        match self.gateway().sync(self, trigger) {
-            Ok(()) => reply,
-            Err(message) => reply.warn(message),
-        }
-    }
-
     /// Names of all known Projects, for "not found" hints.
     pub fn known_projects(&self) -> Vec<String> {
-        self.store().snapshot().projects.into_keys().collect()
-    }
-
-    /// Whether any Instance is running or starting (the daemon lingers while none is).
-    pub fn any_instance_alive(&self) -> bool {
-        self.running_projects() > 0 || self.parked_projects() > 0
-    }
-
-    /// How many Projects have a living Instance, counted from the processes themselves.
-    pub fn running_projects(&self) -> usize {
-        self.store()
-            .snapshot()
+        self.inner
+            .snapshot
+            .borrow()
             .projects
-            .values()
-            .filter_map(|record| record.instance.proc())
-            .filter(|(proc, _)| crate::instance::process::is_alive(*proc))
-            .count()
+            .keys()
+            .cloned()
+            .collect()
     }
 
-    /// Turns a state write failure into a reply.
-    pub(crate) fn store_failure(err: StoreError) -> Reply {
-        let code = err.code();
-        tracing::error!("{err}");
-        Reply::error(
-            code,
-            err.to_string(),
-            "check the manager home's permissions and free space; see manager.log",
+    /// `NotFound` for `project`, naming the known ones.
+    pub(crate) fn not_found(&self, project: &ProjectName) -> Failure {
+        Failure::NotFound {
+            project: project.to_string(),
+            known: self.known_projects(),
+        }
+    }
+
+    /// Asks the Gateway task; `None` if it is not running (the daemon is shutting down).
+    pub(crate) async fn ask_gateway<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> GatewayRequest,
+    ) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.gateway.send(request(reply)).ok()?;
+        answer.await.ok()
+    }
+
+    /// Waits (up to 5 s) until the Gateway has caught up with the snapshot: open while a Project
+    /// is wanted (unless a user closed it, or it cannot listen), closed otherwise. So a start's
+    /// reply comes with the Gateway ready to route to it.
+    pub(crate) async fn gateway_settled(&self) -> Snapshot {
+        let mut snapshot = self.subscribe();
+        let settled = tokio::time::timeout(
+            Duration::from_secs(5),
+            snapshot.wait_for(Snapshot::gateway_settled),
         )
+        .await;
+        match settled {
+            Ok(Ok(snapshot)) => snapshot.clone(),
+            _ => self.snapshot(),
+        }
     }
 
-    /// Turns a `.env` problem into a reply (`invalid_config`, or `env_too_large`).
-    pub(crate) fn env_failure(err: crate::project_env::EnvError) -> Reply {
-        let code = match err.kind {
-            crate::project_env::EnvErrorKind::Invalid => ErrorCode::InvalidConfig,
-            crate::project_env::EnvErrorKind::TooLarge => ErrorCode::EnvTooLarge,
-        };
-        Reply::error(code, err.message, err.hint)
+    /// The Gateway's URL and port.
+    pub(crate) fn gateway_url(&self) -> (String, u16) {
+        let port = self.config().gateway_port;
+        (format!("http://127.0.0.1:{port}/mcp"), port)
     }
 
     pub(crate) fn sandbox_display(&self, project: &ProjectName) -> String {
         self.config().paths.sandbox(project).display().to_string()
     }
 
-    pub(crate) fn gateway_url(&self) -> (String, u16) {
-        let port = self.config().gateway_port;
-        (format!("http://127.0.0.1:{port}/mcp"), port)
+    /// Turns a `.env` problem into an error (`invalid_config`, or `env_too_large`).
+    pub(crate) fn env_failure(err: crate::project_env::EnvError) -> OpError {
+        let code = match err.kind {
+            crate::project_env::EnvErrorKind::Invalid => ErrorCode::InvalidConfig,
+            crate::project_env::EnvErrorKind::TooLarge => ErrorCode::EnvTooLarge,
+        };
+        OpError::new(code, err.message, err.hint)
+    }
+
+    /// Reads and validates a Project's `.env`, off the async threads.
+    pub(crate) async fn load_env(
+        &self,
+        project: &ProjectName,
+    ) -> Result<crate::project_env::ProjectEnv, OpError> {
+        let path = self.config().paths.env_file(project);
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || crate::project_env::load(&path))
+            .await
+            .map_err(|err| OpError::internal(format!("reading {shown}: {err}")))?
+            .map_err(|err| Manager::env_failure(err).with_env_path(shown))
     }
 }
 
-/// The limits an Instance was started with, and the cgroup enforcing them (none with rlimits).
-pub(crate) struct Enforcement {
-    pub limits: crate::limits::Limits,
-    pub cgroup: Option<crate::instance::enforce::Enforced>,
-}
-
-/// Ends a restart's "in progress" mark when dropped.
-pub(crate) struct RestartGuard(Manager);
-
-impl Drop for RestartGuard {
-    fn drop(&mut self) {
-        self.0
-            .inner
-            .restarts_in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Joins or starts the one in-flight `start` of a Project. Every caller gets the same reply.
-pub(crate) async fn join_in_flight<F>(manager: &Manager, project: &ProjectName, run: F) -> Reply
+/// Joins or starts the one in-flight `start` of a Project. Every caller gets the same result.
+pub(crate) async fn join_in_flight<F>(
+    manager: &Manager,
+    project: &ProjectName,
+    run: F,
+) -> StartResult
 where
-    F: std::future::Future<Output = Reply> + Send + 'static,
+    F: std::future::Future<Output = StartResult> + Send + 'static,
 {
     let key = project.as_str().to_owned();
     let (mut receiver, sender) = {
@@ -475,28 +306,20 @@ where
         // half-done start behind: the task finishes and records its outcome.
         let manager = manager.clone();
         tokio::spawn(async move {
-            let reply = run.await;
+            let result = run.await;
             manager
                 .inner
                 .starts_in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
-            let _ = sender.send(Some(reply));
+            let _ = sender.send(Some(result));
         });
     }
     match receiver.wait_for(Option::is_some).await {
-        Ok(reply) => reply.clone().unwrap_or_else(|| {
-            Reply::error(
-                ErrorCode::Internal,
-                "the start task gave no reply",
-                "see manager.log",
-            )
-        }),
-        Err(_) => Reply::error(
-            ErrorCode::Internal,
-            "the start task ended without a reply",
-            "see manager.log",
-        ),
+        Ok(result) => result
+            .clone()
+            .unwrap_or_else(|| Err(OpError::internal("the start task gave no result"))),
+        Err(_) => Err(OpError::internal("the start task ended without a result")),
     }
 }

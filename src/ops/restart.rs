@@ -1,31 +1,32 @@
-//! `restart`: stop the Instance, then launch it again on the same port, without the git steps.
+//! `restart`: end the Instance, then launch it again on the same port, without the git steps.
 //!
-//! The `.env` is read again, so changed provider keys take effect. A Project whose repository was
-//! never cloned goes through the full `start` workflow instead.
+//! The `.env` is read again first, so changed provider keys take effect and a broken one leaves
+//! a running Project running. A Project whose repository was never cloned goes through the full
+//! `start` workflow instead.
 
-use super::{CallerSettings, Manager, Progress, launch, start};
-use crate::error::ErrorCode;
+use std::sync::Arc;
+
+use super::start::{self, StartReply};
+use super::{CallerSettings, Failure, Manager};
+use crate::lifecycle::Progress;
 use crate::project::ProjectName;
-use crate::reply::{Reply, Status};
 
 pub async fn restart(
     manager: &Manager,
     project_name: &str,
     caller: CallerSettings,
     progress: Progress,
-) -> Reply {
-    let project = match ProjectName::parse(project_name) {
-        Ok(project) => project,
-        Err(err) => return err.into(),
-    };
+) -> Result<StartReply, Failure> {
+    let project = ProjectName::parse(project_name)?;
     let Some(record) = manager
-        .store()
+        .host()
+        .store
         .snapshot()
         .projects
         .get(project.as_str())
         .cloned()
     else {
-        return Reply::not_found(project.as_str(), &manager.known_projects());
+        return Err(manager.not_found(&project));
     };
     if !crate::git::is_repository(&manager.config().paths.repo_dir(&project)) {
         let args = start::StartArgs {
@@ -33,48 +34,17 @@ pub async fn restart(
             git_url: record.git_url,
             user_ssh_key: None,
         };
-        return start::start(manager, args, caller, progress).await;
+        return Ok(start::start(manager, args, caller, progress).await?);
     }
     let _guard = manager.lock_project(&project).await;
-    let _restarting = manager.restart_guard();
-    // Read the .env first: a broken one must not leave a running Project stopped.
-    let env = match crate::project_env::load(&manager.config().paths.env_file(&project)) {
-        Ok(env) => env,
-        Err(err) => {
-            return Manager::env_failure(err).with_project(project.as_str());
-        }
-    };
-    if let Err(reply) = super::stop::stop_locked(manager, &project, "restarting").await {
-        return reply.with_project(project.as_str());
-    }
-    let launched = match launch::launch(manager, &project, &env, &progress).await {
-        Ok(launched) => launched,
-        Err(reply) => return reply.with_project(project.as_str()),
-    };
-    let Some(record) = manager
-        .store()
-        .snapshot()
-        .projects
-        .get(project.as_str())
-        .cloned()
-    else {
-        return Reply::error(
-            ErrorCode::Internal,
-            "the project vanished from state during restart",
-            "see manager.log",
-        );
-    };
-    let mut reply = start::running_reply(
-        manager,
-        &project,
-        &record,
-        Status::Success,
-        "Project restarted",
-    );
-    reply.provider = launched.provider.clone();
-    let reply = start::provider_warning(reply, launched.provider.as_ref(), manager);
-    let reply = launch::isolation_warning(reply, &launched.isolation);
-    manager
-        .sync_gateway(reply, crate::gateway::Trigger::Open)
-        .with_project(project.as_str())
+    let env = manager
+        .load_env(&project)
+        .await
+        .map_err(|err| err.for_project(project.as_str()))?;
+    let started = manager
+        .supervisor()
+        .restart(project.clone(), Arc::new(env), progress)
+        .await
+        .map_err(|err| err.for_project(project.as_str()))?;
+    Ok(start::started_reply(manager, &project, started, Vec::new()).await)
 }

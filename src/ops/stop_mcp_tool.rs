@@ -1,21 +1,23 @@
-//! `stop_mcp_tool`: close the gateway's listener; Projects keep running. It stays closed until a
-//! Project starts or `mcp_restart` (the periodic check does not reopen it).
+//! `stop_mcp_tool`: close the Gateway's listener; Projects keep running. It stays closed until a
+//! user starts or restarts a Project, or `mcp_restart`.
 
-use super::Manager;
-use crate::error::ErrorCode;
-use crate::reply::{Reply, Status};
+use super::{GatewayRequest, Manager};
+use crate::error::{ErrorCode, OpError};
 
-pub fn stop_mcp_tool(manager: &Manager) -> Reply {
-    let active = manager.running_projects();
-    let mut reply = if manager.gateway().stop_by_user(manager) {
-        Reply::new(Status::Success, "Global MCP tool stopped")
-    } else {
-        Reply::error(
-            ErrorCode::GatewayNotRunning,
-            "Global MCP tool is not running",
-            "there is nothing to stop",
-        )
-    };
-    reply.active_projects = Some(active);
-    reply
+/// Closes the Gateway; returns how many Projects run.
+pub async fn stop_mcp_tool(manager: &Manager) -> Result<usize, OpError> {
+    let active = manager.snapshot().running_count();
+    match manager.ask_gateway(GatewayRequest::Stop).await {
+        Some(true) => Ok(active),
+        Some(false) => {
+            let mut error = OpError::new(
+                ErrorCode::GatewayNotRunning,
+                "Global MCP tool is not running",
+                "there is nothing to stop",
+            );
+            error.details.active_projects = Some(active);
+            Err(error)
+        }
+        None => Err(OpError::internal("the gateway task is not running")),
+    }
 }

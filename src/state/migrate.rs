@@ -185,9 +185,7 @@ fn project(
         Some(text) => normalise(text, context, "created_at", notes),
         None => UNKNOWN_TIME.to_owned(),
     };
-    let last_health_check = fields
-        .opt_string("last_health_check")?
-        .map(|text| normalise(text, context, "last_health_check", notes));
+    // `last_health_check` was an observation; observations are not kept across daemons.
 
     let Some(opencode) = fields.object("opencode")? else {
         return Err(shape(format!("{context}: opencode is missing")));
@@ -236,8 +234,6 @@ fn project(
         desired,
         instance,
         created_at,
-        last_health_check,
-        interrupted_sessions: Vec::new(),
         isolation: None,
     })
 }
@@ -368,8 +364,6 @@ mod tests {
             desired: Desired::Stopped,
             instance,
             created_at: created_at.into(),
-            last_health_check: None,
-            interrupted_sessions: Vec::new(),
             isolation: None,
         }
     }
@@ -392,7 +386,6 @@ mod tests {
         let mut alpha = record("alpha", 4100, not_adopted(41234), "2026-01-20T09:14:55Z");
         alpha.ssh_key_path = Some("/home/alex/.memory/opencode-keys/alpha-deploy".into());
         alpha.desired = Desired::Running;
-        alpha.last_health_check = Some("2026-01-20T11:02:13Z".into());
         assert_eq!(state.projects["alpha"], alpha);
         // The original never cleared a stopped project's pid; it must not surface as a claim.
         let stopped = InstanceRecord::Stopped { last_exit: None };
@@ -441,10 +434,6 @@ mod tests {
         assert_eq!(
             (alpha.desired, alpha.port, &alpha.instance),
             (Desired::Running, Some(4100), &not_adopted(52188))
-        );
-        assert_eq!(
-            alpha.last_health_check.as_deref(),
-            Some("2026-01-28T10:30:00Z")
         );
         let error = "OpenCode health check failed after 60s".into();
         let failed = InstanceRecord::Failed {
@@ -591,13 +580,12 @@ mod tests {
             (gamma.project_name.as_str(), gamma.created_at.as_str()),
             ("gamma", UNKNOWN_TIME)
         );
-        assert_eq!(gamma.last_health_check.as_deref(), Some("yesterday"));
         assert_eq!(gamma.desired, Desired::Stopped);
         assert!(matches!(
             gamma.instance,
             InstanceRecord::Stopped { last_exit: Some(_) }
         ));
-        assert_eq!(notes.len(), 4, "{notes:#?}");
+        assert_eq!(notes.len(), 3, "{notes:#?}");
         let written = serde_json::to_string(&state).expect("serialises");
         assert!(!written.contains("hunter2") && !notes.concat().contains("hunter2"));
     }

@@ -58,12 +58,6 @@ pub struct ProjectRecord {
     pub desired: Desired,
     pub instance: InstanceRecord,
     pub created_at: String,
-    #[serde(default)]
-    pub last_health_check: Option<String>,
-    /// Sessions that were busy when the Instance last crashed or was recycled, so they are
-    /// reported rather than silently stranded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub interrupted_sessions: Vec<String>,
     /// How the last launched Instance was confined (`landlock ABI 7`, `none (<reason>)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<String>,

@@ -1,8 +1,10 @@
 //! The only reader and writer of `opencode-state.json`.
 //!
-//! The daemon holds the [`State`] in memory and writes through on every change: under a sidecar
-//! lock (`opencode-state.lock`, since the rename swaps the JSON file's inode), to a 0600 temp file,
-//! fsync, rename, fsync of the directory. An unreadable or corrupt file is refused and left exactly
+//! The daemon holds the [`State`] in memory and writes through on every change, off the async
+//! threads: under a sidecar lock (`opencode-state.lock`, since the rename swaps the JSON file's
+//! inode), to a 0600 temp file, fsync, rename, fsync of the directory. Changes are numbered, and a
+//! write never replaces a newer one already on disk. The state holds intent and launch identity;
+//! observations (health, memory, sessions) stay in memory. An unreadable or corrupt file is refused and left exactly
 //! as it is (the daemon then does not start, so nothing acts on a guess); a file from the Python
 //! original is backed up to `opencode-state.json.backup` and migrated.
 
@@ -43,8 +45,19 @@ impl StoreError {
 pub struct Store {
     path: PathBuf,
     lock_path: PathBuf,
-    // A std mutex: no `.await` ever happens while it is held; each update is one short unit of work.
-    state: Mutex<State>,
+    // A std mutex: held to change and serialise the state, never across an `.await` nor a write.
+    // The number counts changes.
+    state: Mutex<(State, u64)>,
+    /// The number of the change last written; held while a write is under way, so writes happen
+    /// one at a time and in order.
+    written: tokio::sync::Mutex<u64>,
+}
+
+/// A change made in memory, to be written.
+#[derive(Debug)]
+pub struct PendingWrite {
+    text: Vec<u8>,
+    number: u64,
 }
 
 /// What happened while opening, for the log and for replies.
@@ -109,7 +122,8 @@ impl Store {
             Store {
                 path,
                 lock_path,
-                state: Mutex::new(state),
+                state: Mutex::new((state, 0)),
+                written: tokio::sync::Mutex::new(0),
             },
             report,
         ))
@@ -120,23 +134,68 @@ impl Store {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
             .clone()
     }
 
-    /// Applies `change` and persists the result; on a write failure the in-memory state is rolled back.
-    pub fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> Result<R, StoreError> {
+    /// Applies `change` in memory at once, then persists it (on a blocking thread) before
+    /// returning. A failed write leaves the change in memory; the next write carries it.
+    pub async fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> Result<R, StoreError> {
+        let (out, pending) = self.change(change)?;
+        if let Some(pending) = pending {
+            self.write(pending).await?;
+        }
+        Ok(out)
+    }
+
+    /// Applies `change` in memory now; the returned write (if anything changed) persists it.
+    /// For a caller that must not wait (the Supervisor), which hands the write to a task.
+    pub fn change<R>(
+        &self,
+        change: impl FnOnce(&mut State) -> R,
+    ) -> Result<(R, Option<PendingWrite>), StoreError> {
         let mut guard = self
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut next = guard.clone();
+        let mut next = guard.0.clone();
         let out = change(&mut next);
-        if next != *guard {
-            let _lock = lock(&self.lock_path)?;
-            write(&self.path, &next)?;
-            *guard = next;
+        if next == guard.0 {
+            return Ok((out, None));
         }
-        Ok(out)
+        let text = serialise(&self.path, &next)?;
+        guard.0 = next;
+        guard.1 += 1;
+        Ok((
+            out,
+            Some(PendingWrite {
+                text,
+                number: guard.1,
+            }),
+        ))
+    }
+
+    /// Persists a change made with [`Store::change`], unless a later one is on disk already.
+    pub async fn write(&self, pending: PendingWrite) -> Result<(), StoreError> {
+        let PendingWrite { text, number } = pending;
+        let mut written = self.written.lock().await;
+        if *written >= number {
+            // A later change, which includes this one, is on disk already.
+            return Ok(());
+        }
+        let (path, lock_path) = (self.path.clone(), self.lock_path.clone());
+        tokio::task::spawn_blocking(move || {
+            let _lock = lock(&lock_path)?;
+            write_text(&path, &text)
+        })
+        .await
+        .map_err(|err| StoreError::Io {
+            action: "writing",
+            path: self.path.clone(),
+            source: std::io::Error::other(err),
+        })??;
+        *written = number;
+        Ok(())
     }
 }
 
@@ -159,14 +218,22 @@ fn lock(path: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
-fn write(path: &Path, state: &State) -> Result<(), StoreError> {
+fn serialise(path: &Path, state: &State) -> Result<Vec<u8>, StoreError> {
     let mut text = serde_json::to_vec_pretty(state).map_err(|err| StoreError::Io {
         action: "serialising state for",
         path: path.to_owned(),
         source: std::io::Error::other(err),
     })?;
     text.push(b'\n');
-    atomic_file::replace(path, &text, atomic_file::PRIVATE).map_err(|source| StoreError::Io {
+    Ok(text)
+}
+
+fn write(path: &Path, state: &State) -> Result<(), StoreError> {
+    write_text(path, &serialise(path, state)?)
+}
+
+fn write_text(path: &Path, text: &[u8]) -> Result<(), StoreError> {
+    atomic_file::replace(path, text, atomic_file::PRIVATE).map_err(|source| StoreError::Io {
         action: "writing",
         path: path.to_owned(),
         source,
@@ -194,18 +261,17 @@ mod tests {
             desired: Desired::Stopped,
             instance: InstanceRecord::Stopped { last_exit: None },
             created_at: "2026-11-25T00:00:00Z".into(),
-            last_health_check: None,
-            interrupted_sessions: Vec::new(),
             isolation: None,
         }
     }
 
-    #[test]
-    fn updates_persist_and_reload() {
+    #[tokio::test]
+    async fn updates_persist_and_reload() {
         let (_dir, paths) = paths();
         let (store, _) = Store::open(&paths).expect("open");
         store
             .update(|s| s.projects.insert("a".into(), record("a")))
+            .await
             .expect("update");
         let (again, report) = Store::open(&paths).expect("reopen");
         assert!(report.notices.is_empty());

@@ -141,14 +141,13 @@ fn a_server_that_stops_answering_is_recycled() {
     let started = home.run_dev(&["start", "p", "--git-url", &url]);
     assert_eq!(started.status(), "success", "{started:?}");
     let pid = started.json["opencode_pid"].as_i64().expect("pid") as i32;
+    // The manager log says so, and `status` keeps it as the last exit.
     wait_until(
         "the wedged server to be recycled",
         Duration::from_secs(60),
         || {
-            home.manager_log().contains("recycled by the supervisor")
-                || state(&home)
-                    .to_string()
-                    .contains("recycled by the supervisor")
+            home.manager_log()
+                .contains("recycled by the supervisor (no answer to 3 health probes")
         },
     );
     wait_until(
@@ -159,6 +158,11 @@ fn a_server_that_stops_answering_is_recycled() {
     let status = home.run(&["status", "p"]);
     assert!(
         status.json["restarts"].as_u64().is_some_and(|n| n >= 1),
+        "{status:?}"
+    );
+    assert!(
+        status.json["last_exit"].as_str().is_some_and(|e| e
+            .starts_with("recycled by the supervisor (no answer to 3 health probes in a row) at ")),
         "{status:?}"
     );
 }
@@ -364,18 +368,17 @@ fn a_crashed_instance_leaves_nothing_its_agent_started() {
         .parse()
         .expect("pid");
     // Let a health probe see the busy session (it records the check time after it looked).
-    let seen_at = state(&home)["projects"]["p"]["last_health_check"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let last_check = || {
+        home.run(&["status", "p"]).json["last_health_check"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let seen_at = last_check();
     wait_until(
         "a probe after the turn began",
         Duration::from_secs(30),
-        || {
-            state(&home)["projects"]["p"]["last_health_check"]
-                .as_str()
-                .is_some_and(|t| t > seen_at.as_str())
-        },
+        || last_check() > seen_at,
     );
     // The bash tool's command runs in its own session: killing OpenCode alone would orphan it.
     Command::new("kill")

@@ -2,33 +2,32 @@
 //! npm on first need), refused when another user could have replaced it, and refused when it is
 //! not OpenCode 1.x. It starts nothing but `--version` (through `instance::binary`).
 
-use super::super::{Manager, Progress};
-use crate::error::ErrorCode;
+use super::{Host, Progress};
+use crate::error::{ErrorCode, OpError};
 use crate::instance::binary;
 use crate::project_env::ProjectEnv;
-use crate::reply::Reply;
 
 /// Finds the agent program (installing the managed copy on first need), refuses one another user
 /// could have replaced, and refuses a major version this manager cannot drive.
 pub(super) async fn resolve_program(
-    manager: &Manager,
+    host: &Host,
     env: &ProjectEnv,
     progress: &Progress,
-) -> Result<std::path::PathBuf, Reply> {
-    let program = find_program(manager, env, progress).await?;
+) -> Result<std::path::PathBuf, OpError> {
+    let program = find_program(host, env, progress).await?;
     crate::trust::check_program(&program).map_err(|err| {
-        Reply::error(
+        OpError::new(
             ErrorCode::OpencodeUntrusted,
             format!("refusing to run {}: {err}", program.display()),
             err.fix,
         )
     })?;
-    let version = manager
+    let version = host
         .program_version(&program)
         .await
-        .map_err(|why| Reply::error(ErrorCode::OpencodeStartFailed, why, "check OPENCODE_BIN"))?;
+        .map_err(|why| OpError::new(ErrorCode::OpencodeStartFailed, why, "check OPENCODE_BIN"))?;
     if !binary::is_supported(&version) {
-        return Err(Reply::error(
+        return Err(OpError::new(
             ErrorCode::OpencodeUnsupported,
             format!(
                 "{} is OpenCode {version}; this manager drives OpenCode {}.x (OpenCode 2 changed its server API)",
@@ -45,13 +44,13 @@ pub(super) async fn resolve_program(
 }
 
 async fn find_program(
-    manager: &Manager,
+    host: &Host,
     env: &ProjectEnv,
     progress: &Progress,
-) -> Result<std::path::PathBuf, Reply> {
-    let config = manager.config();
+) -> Result<std::path::PathBuf, OpError> {
+    let config = &host.config;
     let not_found =
-        |err: binary::NotFound| Reply::error(ErrorCode::OpencodeNotFound, err.message, err.hint);
+        |err: binary::NotFound| OpError::new(ErrorCode::OpencodeNotFound, err.message, err.hint);
     if let Some((program, _)) = binary::find(
         env.opencode_bin.as_deref(),
         config.opencode_bin.as_deref(),
@@ -61,7 +60,7 @@ async fn find_program(
     {
         return Ok(program);
     }
-    let _guard = manager.install_lock().lock().await;
+    let _guard = host.install_lock().lock().await;
     if let Some((program, _)) = binary::find(
         env.opencode_bin.as_deref(),
         config.opencode_bin.as_deref(),
