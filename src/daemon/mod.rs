@@ -16,6 +16,8 @@ mod dispatch;
 pub mod lock;
 pub mod protocol;
 pub mod socket;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

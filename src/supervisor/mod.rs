@@ -9,6 +9,8 @@
 //! `ops` or `gateway`; slow work runs in the Launcher's tasks, never in the actor.
 
 mod actor;
+#[cfg(test)]
+mod tests;
 mod tracked;
 
 use std::sync::Arc;
