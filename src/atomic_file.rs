@@ -10,12 +10,12 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 /// Mode for secret files: owner read/write only.
-pub const PRIVATE: u32 = 0o600;
+pub(crate) const PRIVATE: u32 = 0o600;
 /// Mode for files anyone may read (public keys).
-pub const PUBLIC: u32 = 0o644;
+pub(crate) const PUBLIC: u32 = 0o644;
 
 /// Replaces `path` with `contents` atomically; readers see the old or the new file, never a mix.
-pub fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let file = write_temp(path, contents, mode)?;
     file.persist(path).map_err(|err| err.error)?;
     sync_parent(path)
@@ -23,14 +23,14 @@ pub fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 
 /// Creates `path` with `contents` only if it does not exist yet; `AlreadyExists` otherwise.
 /// The file appears complete or not at all.
-pub fn create_new(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn create_new(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let file = write_temp(path, contents, mode)?;
     file.persist_noclobber(path).map_err(|err| err.error)?;
     sync_parent(path)
 }
 
 /// Creates `dir` and its missing parents with mode 0700. An existing directory is left as it is.
-pub fn private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
@@ -55,7 +55,7 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 }
 
 /// Removes a file, treating "already gone" as success.
-pub fn remove_if_present(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,

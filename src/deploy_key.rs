@@ -14,7 +14,7 @@ use crate::project::ProjectName;
 
 /// A usable key pair.
 #[derive(Debug, Clone)]
-pub struct DeployKey {
+pub(crate) struct DeployKey {
     pub private_path: PathBuf,
     pub public_path: PathBuf,
     /// The `ssh-ed25519 AAAA… comment` line to show the user.
@@ -24,13 +24,16 @@ pub struct DeployKey {
 /// Why a key cannot be used; reported as `invalid_ssh_key`.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct KeyError {
+pub(crate) struct KeyError {
     pub message: String,
     pub hint: String,
 }
 
 /// The manager's key for `project`: reused if present, generated otherwise.
-pub fn ensure_generated(private_path: &Path, project: &ProjectName) -> Result<DeployKey, KeyError> {
+pub(crate) fn ensure_generated(
+    private_path: &Path,
+    project: &ProjectName,
+) -> Result<DeployKey, KeyError> {
     if let Some(dir) = private_path.parent() {
         atomic_file::private_dir(dir).map_err(|err| KeyError {
             message: format!("creating {}: {err}", dir.display()),
@@ -65,7 +68,7 @@ pub fn ensure_generated(private_path: &Path, project: &ProjectName) -> Result<De
 
 /// Checks a key file: a regular file, no group or other permission bits, readable as an OpenSSH
 /// private key. A missing `.pub` is derived from the private key rather than the key being replaced.
-pub fn check(private_path: &Path) -> Result<DeployKey, KeyError> {
+pub(crate) fn check(private_path: &Path) -> Result<DeployKey, KeyError> {
     let shown = private_path.display();
     let meta = std::fs::metadata(private_path).map_err(|err| KeyError {
         message: format!("SSH key not found at {shown}: {err}"),

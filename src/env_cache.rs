@@ -19,7 +19,7 @@ use crate::project_env::ProjectEnv;
 
 /// The cached `.env` files.
 #[derive(Debug, Default)]
-pub struct EnvCache {
+pub(crate) struct EnvCache {
     // A std RwLock: read for one lookup, written only to swap in a rebuilt map; never held across
     // an `.await` nor while a file is read. The token map's keys are hashed with random keys, so
     // lookup timing tells nothing about the tokens it holds.
@@ -41,12 +41,12 @@ enum Owner {
 
 impl EnvCache {
     /// The Project's `.env` as last read, if it was valid.
-    pub fn get(&self, project: &str) -> Option<Arc<ProjectEnv>> {
+    pub(crate) fn get(&self, project: &str) -> Option<Arc<ProjectEnv>> {
         self.read().envs.get(project).cloned()
     }
 
     /// The Project whose `MCP_TOOL_BEARER_TOKEN` is `presented`, if exactly one has it.
-    pub fn token_owner(&self, presented: &str) -> Option<String> {
+    pub(crate) fn token_owner(&self, presented: &str) -> Option<String> {
         match self.read().tokens.get(presented) {
             Some(Owner::Project(name)) => Some(name.clone()),
             Some(Owner::Several) | None => None,
@@ -55,7 +55,7 @@ impl EnvCache {
 
     /// Reads the `.env` of every Project in `projects` (each at most 64 KiB, as `project_env`
     /// enforces; invalid ones are left out) and swaps the result in. Blocking.
-    pub fn rebuild(&self, paths: &Paths, projects: &[String]) {
+    pub(crate) fn rebuild(&self, paths: &Paths, projects: &[String]) {
         let mut next = Inner::default();
         for name in projects {
             let Ok(project) = ProjectName::parse(name) else {
@@ -82,7 +82,7 @@ impl EnvCache {
 }
 
 /// Rebuilds the cache now, off the async threads.
-pub async fn refresh(cache: &Arc<EnvCache>, paths: &Paths, projects: Vec<String>) {
+pub(crate) async fn refresh(cache: &Arc<EnvCache>, paths: &Paths, projects: Vec<String>) {
     let (cache, paths) = (cache.clone(), paths.clone());
     let _ = tokio::task::spawn_blocking(move || cache.rebuild(&paths, &projects)).await;
 }
@@ -90,7 +90,7 @@ pub async fn refresh(cache: &Arc<EnvCache>, paths: &Paths, projects: Vec<String>
 /// Builds the cache, then keeps it in step with the `.env` files until `cancel` fires. Returns
 /// once the first build is done; the following goes on in its own task. `projects` names the
 /// Projects to read, each time.
-pub async fn follow(
+pub(crate) async fn follow(
     cache: Arc<EnvCache>,
     paths: Paths,
     projects: impl Fn() -> Vec<String> + Send + 'static,

@@ -8,7 +8,7 @@ use std::fmt;
 
 /// A parsed `.env` file. A key given twice keeps its first position and its last value.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct EnvFile {
+pub(crate) struct EnvFile {
     entries: Vec<(String, String)>,
     /// Where each key is in `entries`, so parsing stays linear in the file's size.
     positions: std::collections::HashMap<String, usize>,
@@ -16,20 +16,15 @@ pub struct EnvFile {
 
 impl EnvFile {
     /// The value of `key`, if the file sets it.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.positions
             .get(key)
             .map(|at| self.entries[*at].1.as_str())
     }
 
     /// The effective `(key, value)` pairs, in the order each key first appears.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    /// Whether the file sets `key` (possibly to the empty string).
-    pub fn contains(&self, key: &str) -> bool {
-        self.get(key).is_some()
     }
 
     fn set(&mut self, key: &str, value: String) {
@@ -55,14 +50,14 @@ impl fmt::Debug for EnvFile {
 /// Why a `.env` file could not be read. Never carries a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {reason}")]
-pub struct EnvParseError {
+pub(crate) struct EnvParseError {
     /// 1-based line number.
     pub line: usize,
     pub reason: String,
 }
 
 /// Parses `.env` text: `KEY=VALUE` lines, optional `export `, `#` comments, `'…'` and `"…"` values.
-pub fn parse(text: &str) -> Result<EnvFile, EnvParseError> {
+pub(crate) fn parse(text: &str) -> Result<EnvFile, EnvParseError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut env = EnvFile::default();
     for (index, raw) in text.split('\n').enumerate() {
@@ -91,7 +86,7 @@ pub fn parse(text: &str) -> Result<EnvFile, EnvParseError> {
 }
 
 /// Renders `value` so that [`parse`] reads it back unchanged: bare when that is safe, else quoted.
-pub fn quote(value: &str) -> String {
+pub(crate) fn quote(value: &str) -> String {
     if !value.is_empty() && value.chars().all(is_bare) {
         return value.to_owned();
     }
@@ -115,7 +110,7 @@ pub fn quote(value: &str) -> String {
 }
 
 /// Whether `key` is a usable variable name: `^[A-Za-z_][A-Za-z0-9_]*$`.
-pub fn valid_key(key: &str) -> bool {
+pub(crate) fn valid_key(key: &str) -> bool {
     let mut chars = key.chars();
     chars
         .next()
@@ -209,8 +204,8 @@ mod tests {
         assert_eq!(env.get("A"), Some("1"));
         assert_eq!(env.get("B"), Some("two words"));
         assert_eq!(env.get("C"), Some(""));
-        assert!(env.contains("C"));
-        assert!(!env.contains("D"));
+        assert!(env.get("C").is_some());
+        assert!(env.get("D").is_none());
         assert_eq!(one("K='x'\r\n"), "x");
         assert_eq!(one("K=\"x\"\r"), "x");
     }

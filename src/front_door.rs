@@ -23,7 +23,7 @@ use crate::secrets::Secret;
 
 /// What a token may reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// The global token (or the manager's HTTP token): every Project.
     All,
     /// A Project's own token: that Project only.
@@ -31,18 +31,18 @@ pub enum Scope {
 }
 
 /// The shortest token accepted on a non-loopback address (and warned about on loopback).
-pub const MIN_TOKEN_LEN: usize = 32;
+pub(crate) const MIN_TOKEN_LEN: usize = 32;
 
 type Authorize = dyn Fn(&str) -> Option<Scope> + Send + Sync;
 
 /// One listener's door: the host names it answers to and how it checks tokens.
-pub struct Door {
+pub(crate) struct Door {
     hosts: Vec<String>,
     authorize: Box<Authorize>,
 }
 
 impl Door {
-    pub fn new(
+    pub(crate) fn new(
         hosts: Vec<String>,
         authorize: impl Fn(&str) -> Option<Scope> + Send + Sync + 'static,
     ) -> Arc<Door> {
@@ -53,18 +53,18 @@ impl Door {
     }
 
     /// A door with one token that reaches everything.
-    pub fn single(hosts: Vec<String>, token: Secret) -> Arc<Door> {
+    pub(crate) fn single(hosts: Vec<String>, token: Secret) -> Arc<Door> {
         Door::new(hosts, move |presented| {
             matches(presented, token.expose()).then_some(Scope::All)
         })
     }
 
-    pub fn hosts(&self) -> &[String] {
+    pub(crate) fn hosts(&self) -> &[String] {
         &self.hosts
     }
 
     /// Origin patterns in rmcp's form (`http://host:*`), for its own check behind this door.
-    pub fn origin_patterns(&self) -> Vec<String> {
+    pub(crate) fn origin_patterns(&self) -> Vec<String> {
         self.hosts
             .iter()
             .flat_map(|h| {
@@ -76,13 +76,13 @@ impl Door {
 }
 
 /// Whether two tokens are equal, in time independent of where they differ.
-pub fn matches(presented: &str, token: &str) -> bool {
+pub(crate) fn matches(presented: &str, token: &str) -> bool {
     bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// The names a listener bound to `bound` answers to: the loopback names, the bound address
 /// (unless it is a wildcard) and the operator's extra names.
-pub fn hosts_for(bound: IpAddr, extra: &[String]) -> Vec<String> {
+pub(crate) fn hosts_for(bound: IpAddr, extra: &[String]) -> Vec<String> {
     let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
     if !bound.is_unspecified() && !bound.is_loopback() {
         hosts.push(bound.to_string());
@@ -108,7 +108,11 @@ fn bracketed(host: &str) -> String {
 }
 
 /// Axum middleware for every route: refuses a foreign Host or Origin with 403.
-pub async fn host_guard(State(door): State<Arc<Door>>, request: Request, next: Next) -> Response {
+pub(crate) async fn host_guard(
+    State(door): State<Arc<Door>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !host_allowed(request.headers(), &door.hosts) {
         return refusal(
             StatusCode::FORBIDDEN,
@@ -133,7 +137,11 @@ fn refusal(status: StatusCode, body: impl IntoResponse) -> Response {
 }
 
 /// Axum middleware for protected routes: requires a token the door knows and records its [`Scope`].
-pub async fn bearer(State(door): State<Arc<Door>>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn bearer(
+    State(door): State<Arc<Door>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(value) = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -152,7 +160,7 @@ pub async fn bearer(State(door): State<Arc<Door>>, mut request: Request, next: N
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive.
-pub fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -204,14 +212,14 @@ fn origin_allowed(headers: &HeaderMap, hosts: &[String]) -> bool {
 
 /// Where a listener's token came from, for its start-up line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     Environment(&'static str),
     File(PathBuf),
 }
 
 /// A listener's token: the environment variable `var`, else the token file `file`, created with
 /// a fresh 64-character token (0600) on first use. Only the file's path is ever shown.
-pub fn load_token(var: &'static str, file: &Path) -> std::io::Result<(Secret, TokenSource)> {
+pub(crate) fn load_token(var: &'static str, file: &Path) -> std::io::Result<(Secret, TokenSource)> {
     if let Some(token) = std::env::var(var).ok().filter(|t| !t.is_empty()) {
         return Ok((Secret::new(token), TokenSource::Environment(var)));
     }
@@ -236,7 +244,7 @@ pub fn load_token(var: &'static str, file: &Path) -> std::io::Result<(Secret, To
 
 /// A token under [`MIN_TOKEN_LEN`] characters: refused (`Err`) on a non-loopback address,
 /// a warning (`Ok(Some)`) on loopback.
-pub fn check_strength(
+pub(crate) fn check_strength(
     token: &Secret,
     source: &TokenSource,
     bound: IpAddr,

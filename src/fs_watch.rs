@@ -15,12 +15,12 @@ use tokio::io::unix::AsyncFd;
 
 /// An inotify instance registered with the runtime.
 #[derive(Debug)]
-pub struct DirWatch {
+pub(crate) struct DirWatch {
     fd: AsyncFd<OwnedFd>,
 }
 
 impl DirWatch {
-    pub fn new() -> io::Result<DirWatch> {
+    pub(crate) fn new() -> io::Result<DirWatch> {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
         #[allow(unsafe_code)]
         // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
@@ -34,7 +34,7 @@ impl DirWatch {
 
     /// Watches the entries of `dir` (files written, created, moved or removed in it). Watching a
     /// directory twice is harmless.
-    pub fn add(&self, dir: &Path) -> io::Result<()> {
+    pub(crate) fn add(&self, dir: &Path) -> io::Result<()> {
         inotify::add_watch(
             self.fd.get_ref(),
             dir,
@@ -51,7 +51,7 @@ impl DirWatch {
 
     /// Waits for changes, then returns the names of every entry changed in that burst (a burst
     /// is one wake-up; an event about a watched directory itself has an empty name).
-    pub async fn changed(&self) -> io::Result<Vec<OsString>> {
+    pub(crate) async fn changed(&self) -> io::Result<Vec<OsString>> {
         let mut buffer = [MaybeUninit::<u8>::uninit(); 4096];
         loop {
             let mut ready = self.fd.readable().await?;

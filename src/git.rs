@@ -19,7 +19,7 @@ use crate::project::{GitUrl, Transport};
 
 /// How a git operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum GitError {
+pub(crate) enum GitError {
     /// The server refused the key: the user must add the public key.
     #[error("the SSH key has no access to the repository yet: {detail}")]
     NoAccess { detail: String },
@@ -37,7 +37,7 @@ pub enum GitError {
 
 /// What git needs to reach a remote with a deploy key.
 #[derive(Debug, Clone)]
-pub struct Remote<'a> {
+pub(crate) struct Remote<'a> {
     pub url: &'a GitUrl,
     pub key: &'a Path,
     pub known_hosts: &'a Path,
@@ -45,7 +45,7 @@ pub struct Remote<'a> {
 
 impl Remote<'_> {
     /// The `ssh` command line git runs (through a shell, hence the quoting).
-    pub fn ssh_command(&self) -> String {
+    pub(crate) fn ssh_command(&self) -> String {
         let quote = |p: &Path| {
             shlex::try_quote(&p.to_string_lossy())
                 .map(|q| q.into_owned())
@@ -74,7 +74,7 @@ impl Remote<'_> {
 }
 
 /// `git ls-remote`: proves the key can read the repository.
-pub async fn test_access(remote: &Remote<'_>, timeout: Duration) -> Result<(), GitError> {
+pub(crate) async fn test_access(remote: &Remote<'_>, timeout: Duration) -> Result<(), GitError> {
     let mut command = remote.command();
     command.args(["ls-remote", "--heads", "--", remote.url.as_str()]);
     run(command, timeout).await.map(drop)
@@ -83,7 +83,7 @@ pub async fn test_access(remote: &Remote<'_>, timeout: Duration) -> Result<(), G
 /// Clones into `dest` through a temporary directory beside it, renamed into place only when the
 /// clone is complete, so a clone killed midway leaves no half repository. The clone's config pins
 /// the deploy key (`core.sshCommand`), so the agent's own `git push` and `fetch` use it.
-pub async fn clone_atomic(
+pub(crate) async fn clone_atomic(
     remote: &Remote<'_>,
     dest: &Path,
     timeout: Duration,
@@ -114,7 +114,7 @@ pub async fn clone_atomic(
 }
 
 /// Removes leftovers of clones that were killed before their rename.
-pub fn remove_partial_clones(sandbox: &Path) {
+pub(crate) fn remove_partial_clones(sandbox: &Path) {
     for entry in std::fs::read_dir(sandbox)
         .into_iter()
         .flatten()
@@ -133,7 +133,10 @@ pub fn remove_partial_clones(sandbox: &Path) {
 /// Work in `repo` that would be lost if it were deleted: uncommitted changes and commits that no
 /// remote branch has. Empty when everything is saved on a remote. The agent can write the clone's
 /// config, so each git runs under `confinement` (one clone of it per command).
-pub async fn unsaved_work(repo: &Path, confinement: &Confinement) -> Result<Vec<String>, GitError> {
+pub(crate) async fn unsaved_work(
+    repo: &Path,
+    confinement: &Confinement,
+) -> Result<Vec<String>, GitError> {
     let confined = |mut command: std::process::Command| {
         let confinement = confinement.try_clone().map_err(|err| GitError::Failed {
             detail: format!("preparing the confinement: {err}"),
@@ -238,8 +241,9 @@ async fn run(command: std::process::Command, timeout: Duration) -> Result<String
     Err(classify(&String::from_utf8_lossy(&output.stderr)))
 }
 
-/// Sorts git's stderr into the cases a user acts on differently (testing-recipes §1.3, in its order).
-pub fn classify(stderr: &str) -> GitError {
+/// Sorts git's stderr into the cases a user acts on differently; the first match wins, so the
+/// more specific messages come first.
+pub(crate) fn classify(stderr: &str) -> GitError {
     let detail = summary(stderr);
     if stderr.contains("Host key verification failed")
         || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
@@ -289,7 +293,7 @@ fn summary(stderr: &str) -> String {
 }
 
 /// The path git would use for `.git` of a clone, for callers that check a repository exists.
-pub fn is_repository(repo: &Path) -> bool {
+pub(crate) fn is_repository(repo: &Path) -> bool {
     PathBuf::from(repo).join(".git").exists()
 }
 

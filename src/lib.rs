@@ -4,40 +4,40 @@
 //! Unix socket; `ops` validates it and prepares the Project's Sandbox, Deploy key and clone, and
 //! the `supervisor` (one actor) launches, watches and ends its Instance through `lifecycle`,
 //! publishing a `snapshot` that every reader uses; the `gateway` serves every Project's sessions
-//! over MCP. Modules are listed from the doors down to the leaves; see ARCHITECTURE.md for the map
-//! and the invariants.
+//! over MCP. Modules are listed from the doors down to the leaves, and each uses only modules
+//! below it (`tests/it/tidy.rs` checks); see ARCHITECTURE.md for the map and the invariants.
 
 pub mod cli;
-pub mod daemon;
-pub mod gateway;
-pub mod mcp;
+pub(crate) mod mcp;
+pub(crate) mod daemon;
+pub(crate) mod gateway;
 
-pub mod ops;
-pub mod supervisor;
+pub(crate) mod ops;
+pub(crate) mod supervisor;
 
-pub mod lifecycle;
+pub(crate) mod lifecycle;
 
-pub mod deploy_key;
-pub mod env_cache;
-pub mod git;
-pub mod instance;
-pub mod project_env;
+pub(crate) mod deploy_key;
+pub(crate) mod git;
 pub mod sandbox;
-pub mod state;
+pub mod instance;
+pub(crate) mod env_cache;
+pub(crate) mod project_env;
+pub(crate) mod snapshot;
+pub(crate) mod state;
 
+pub(crate) mod trust;
 pub mod config;
-pub mod error;
-pub mod front_door;
-pub mod limits;
-pub mod policy;
+pub(crate) mod limits;
+pub(crate) mod policy;
 pub mod project;
-pub mod reply;
-pub mod snapshot;
+pub(crate) mod reply;
+pub(crate) mod error;
+pub(crate) mod front_door;
 
-pub mod atomic_file;
-pub mod envfile;
-pub mod fs_watch;
-pub mod logs;
-pub mod secrets;
-pub mod timestamp;
-pub mod trust;
+pub(crate) mod atomic_file;
+pub(crate) mod envfile;
+pub(crate) mod fs_watch;
+pub(crate) mod logs;
+pub(crate) mod secrets;
+pub(crate) mod timestamp;

@@ -67,7 +67,7 @@ fn positive(text: &str, max: u32) -> Result<u32, String> {
 
 /// Parses a size: a number of bytes, or a number (fractions allowed) with a binary unit
 /// `K`, `M`, `G` or `T` (optionally followed by `B` or `iB`, any case): "512M", "1.5G", "2GiB".
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !c.is_ascii_digit() && c != '.')

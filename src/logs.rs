@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// A log larger than this is rotated at the next launch or daemon start.
-pub const ROTATE_AT_BYTES: u64 = 10 * 1024 * 1024;
+pub(crate) const ROTATE_AT_BYTES: u64 = 10 * 1024 * 1024;
 /// How many rotated generations (`.1` … `.3`) are kept.
-pub const KEEP: usize = 3;
+pub(crate) const KEEP: usize = 3;
 
 /// Rotates `path` to `path.1` (shifting older ones) when it is larger than `limit`.
-pub fn rotate_if_large(path: &Path, limit: u64) -> io::Result<()> {
+pub(crate) fn rotate_if_large(path: &Path, limit: u64) -> io::Result<()> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.len() > limit => {}
         _ => return Ok(()),
@@ -30,7 +30,7 @@ pub fn rotate_if_large(path: &Path, limit: u64) -> io::Result<()> {
 }
 
 /// The last `lines` lines of a log file (reading at most the last 4 MiB).
-pub fn tail(path: &Path, lines: usize) -> io::Result<Vec<String>> {
+pub(crate) fn tail(path: &Path, lines: usize) -> io::Result<Vec<String>> {
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     let start = len.saturating_sub(4 * 1024 * 1024);
@@ -46,7 +46,7 @@ pub fn tail(path: &Path, lines: usize) -> io::Result<Vec<String>> {
 }
 
 /// Removes terminal colour sequences (OpenCode colours its errors).
-pub fn strip_ansi(line: &str) -> String {
+pub(crate) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
@@ -65,7 +65,7 @@ pub fn strip_ansi(line: &str) -> String {
 }
 
 /// Sends the daemon's tracing output to `manager.log` (appending, rotated first when large).
-pub fn init_daemon_log(path: &Path) -> io::Result<()> {
+pub(crate) fn init_daemon_log(path: &Path) -> io::Result<()> {
     rotate_if_large(path, ROTATE_AT_BYTES)?;
     let file = OpenOptions::new()
         .create(true)
@@ -83,7 +83,7 @@ pub fn init_daemon_log(path: &Path) -> io::Result<()> {
 }
 
 /// Sends a client's tracing output to stderr (stdout belongs to data and, in MCP stdio mode, JSON-RPC).
-pub fn init_client_log() {
+pub(crate) fn init_client_log() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OPENCODE_MANAGER_LOG")
         .unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt()

@@ -44,7 +44,7 @@ impl Default for Policy {
 
 /// The supervisor's view of one Project whose user wants it running.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Being launched; nothing to decide until it is ready or fails.
     Starting,
     Running {
@@ -68,7 +68,7 @@ pub enum Phase {
 
 /// What the supervisor remembers about a Project between observations.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Supervised {
+pub(crate) struct Supervised {
     pub phase: Phase,
     /// Failure times within the window (crashes, failed starts, recycles).
     pub failures: VecDeque<Instant>,
@@ -76,7 +76,7 @@ pub struct Supervised {
 }
 
 impl Supervised {
-    pub fn starting() -> Supervised {
+    pub(crate) fn starting() -> Supervised {
         Supervised {
             phase: Phase::Starting,
             failures: VecDeque::new(),
@@ -84,7 +84,7 @@ impl Supervised {
         }
     }
 
-    pub fn running(now: Instant) -> Supervised {
+    pub(crate) fn running(now: Instant) -> Supervised {
         Supervised {
             phase: running(now),
             failures: VecDeque::new(),
@@ -92,8 +92,10 @@ impl Supervised {
         }
     }
 
-    /// The state word shown by `status` and `list`.
-    pub fn state_word(&self) -> &'static str {
+    /// The word a phase reads as (the tables below compare it; the Supervisor's view also knows
+    /// the process and the user's wish).
+    #[cfg(test)]
+    fn state_word(&self) -> &'static str {
         match &self.phase {
             Phase::Starting => "starting",
             Phase::Running { failed_probes, .. } if *failed_probes > 0 => "unhealthy",
@@ -107,7 +109,7 @@ impl Supervised {
 
 /// One thing the actor saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observation {
+pub(crate) enum Observation {
     /// The launch finished and the instance answers.
     Ready,
     /// A launch failed before the instance was ready.
@@ -132,7 +134,7 @@ pub enum Observation {
 
 /// What the actor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Send a health probe now.
     Probe,
     /// Launch the instance now (after a backoff, or on demand).
@@ -158,7 +160,7 @@ fn running(now: Instant) -> Phase {
 
 /// The delay before restart number `failures` (1-based), with `jitter` in [0, 1) spreading it by
 /// up to a quarter, never past the cap.
-pub fn backoff(policy: &Policy, failures: usize, jitter: f64) -> Duration {
+pub(crate) fn backoff(policy: &Policy, failures: usize, jitter: f64) -> Duration {
     let exponent = failures.saturating_sub(1).min(16) as u32;
     let base = policy
         .backoff_base
@@ -226,7 +228,7 @@ fn recycle(
 }
 
 /// The policy. `jitter` is a number in [0, 1) drawn by the caller.
-pub fn decide(
+pub(crate) fn decide(
     s: &mut Supervised,
     observation: Observation,
     now: Instant,
@@ -342,7 +344,7 @@ pub fn decide(
 /// When the policy next has something to decide without a new observation: the end of a
 /// backoff, the next probe (unless one is `probing` already), the idle deadline. `None` when
 /// only an observation can change anything.
-pub fn next_deadline(s: &Supervised, policy: &Policy, probing: bool) -> Option<Instant> {
+pub(crate) fn next_deadline(s: &Supervised, policy: &Policy, probing: bool) -> Option<Instant> {
     match &s.phase {
         Phase::Backoff { until } => Some(*until),
         Phase::Running {

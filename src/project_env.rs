@@ -13,7 +13,7 @@ use crate::project::{GitUrl, ProjectName};
 use crate::secrets::{Secret, random_hex};
 
 /// The placeholder written in production mode; the original's exact word.
-pub const PLACEHOLDER: &str = "CHANGE_ME_REQUIRED";
+pub(crate) const PLACEHOLDER: &str = "CHANGE_ME_REQUIRED";
 
 const REQUIRED: [&str; 4] = [
     "GIT_URL",
@@ -25,13 +25,13 @@ const SECRET_KEYS: [&str; 2] = ["OPENCODE_SERVER_PASSWORD", "MCP_TOOL_BEARER_TOK
 
 /// How the caller runs: `ENVIRONMENT=development|dev` (any case) is dev, anything else production.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Development,
     Production,
 }
 
 impl Mode {
-    pub fn from_environment_var(value: Option<&str>) -> Mode {
+    pub(crate) fn from_environment_var(value: Option<&str>) -> Mode {
         match value.map(str::to_ascii_lowercase).as_deref() {
             Some("development" | "dev") => Mode::Development,
             _ => Mode::Production,
@@ -41,12 +41,12 @@ impl Mode {
 
 /// The largest `.env` the manager reads. Real ones are well under 1 KiB; a bigger file is a
 /// mistake or an attack on the daemon, and is refused before it is parsed.
-pub const MAX_ENV_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_ENV_BYTES: u64 = 64 * 1024;
 
 /// Why a `.env` could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct EnvError {
+pub(crate) struct EnvError {
     pub kind: EnvErrorKind,
     pub message: String,
     pub hint: String,
@@ -54,14 +54,14 @@ pub struct EnvError {
 
 /// What kind of problem an [`EnvError`] is (`invalid_config` or `env_too_large` for clients).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnvErrorKind {
+pub(crate) enum EnvErrorKind {
     Invalid,
     TooLarge,
 }
 
 /// The validated contents of a Project's `.env`.
 #[derive(Debug)]
-pub struct ProjectEnv {
+pub(crate) struct ProjectEnv {
     pub git_url: String,
     pub ssh_key_path: PathBuf,
     pub password: Secret,
@@ -79,7 +79,7 @@ pub struct ProjectEnv {
 
 impl ProjectEnv {
     /// Entries meant for this Project's Instance only: model-provider keys and OpenCode settings.
-    pub fn instance_vars(&self) -> &[(String, Secret)] {
+    pub(crate) fn instance_vars(&self) -> &[(String, Secret)] {
         &self.instance_vars
     }
 }
@@ -87,7 +87,7 @@ impl ProjectEnv {
 /// Whether a `.env` key is passed to the Instance: provider credentials and endpoints
 /// (`*_API_KEY`, `*_BASE_URL`, `AWS_*`, `AZURE_*`, `GOOGLE_*`, `VERTEX_*`) and OpenCode's own
 /// configuration variables, except those the manager sets itself.
-pub fn is_instance_var(key: &str) -> bool {
+pub(crate) fn is_instance_var(key: &str) -> bool {
     const MANAGED: [&str; 4] = [
         "OPENCODE_SERVER_PASSWORD",
         "OPENCODE_SERVER_USERNAME",
@@ -107,7 +107,7 @@ pub fn is_instance_var(key: &str) -> bool {
 /// Writes the first `.env` of a Project. In development mode it holds fresh random secrets; in
 /// production mode, placeholders the user must replace. Returns `false` if a `.env` already existed
 /// (it is never overwritten).
-pub fn write_initial(
+pub(crate) fn write_initial(
     path: &Path,
     mode: Mode,
     project: &ProjectName,
@@ -181,7 +181,7 @@ fn read_bounded(path: &Path) -> Result<String, EnvError> {
 }
 
 /// Reads and validates a Project's `.env`.
-pub fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
+pub(crate) fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
     let shown = path.display();
     let text = read_bounded(path)?;
     let invalid = |message: String, hint: String| EnvError {

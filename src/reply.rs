@@ -11,7 +11,7 @@ use crate::error::{ErrorCode, OpError};
 /// The status vocabulary of the original.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     Success,
     /// `status` answers `ok`, as the original did.
     Ok,
@@ -30,7 +30,7 @@ pub enum Status {
 
 /// The original's nested `opencode` object in `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct OpencodeInfo {
+pub(crate) struct OpencodeInfo {
     pub pid: Option<i32>,
     pub port: Option<u16>,
     pub status: String,
@@ -39,7 +39,7 @@ pub struct OpencodeInfo {
 
 /// One row of `list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct ProjectSummary {
+pub(crate) struct ProjectSummary {
     pub name: String,
     pub status: String,
     pub opencode_running: bool,
@@ -50,7 +50,7 @@ pub struct ProjectSummary {
 
 /// Which model provider an Instance will use (`GET /config/providers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct ProviderReport {
+pub(crate) struct ProviderReport {
     /// Configured, usable provider ids; empty means prompts will fail.
     pub providers: Vec<String>,
     /// The default `provider/model`, when OpenCode has one.
@@ -61,7 +61,7 @@ pub struct ProviderReport {
 /// Success and error replies share this one shape, so error results conform to the declared
 /// output schema too.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorCode>,
@@ -142,7 +142,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn new(status: Status, message: impl Into<String>) -> Reply {
+    pub(crate) fn new(status: Status, message: impl Into<String>) -> Reply {
         Reply {
             status: Some(status),
             message: Some(message.into()),
@@ -150,7 +150,11 @@ impl Reply {
         }
     }
 
-    pub fn error(code: ErrorCode, message: impl Into<String>, hint: impl Into<String>) -> Reply {
+    pub(crate) fn error(
+        code: ErrorCode,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Reply {
         Reply {
             status: Some(Status::Error),
             error: Some(code),
@@ -160,7 +164,7 @@ impl Reply {
         }
     }
 
-    pub fn not_found(project: &str, known: &[String]) -> Reply {
+    pub(crate) fn not_found(project: &str, known: &[String]) -> Reply {
         let hint = if known.is_empty() {
             "no projects exist yet; create one with opencode_start".to_owned()
         } else {
@@ -173,13 +177,13 @@ impl Reply {
         }
     }
 
-    pub fn with_project(mut self, project: &str) -> Reply {
+    pub(crate) fn with_project(mut self, project: &str) -> Reply {
         self.project = Some(project.to_owned());
         self
     }
 
     /// Appends a warning line (warnings accumulate, one per line).
-    pub fn warn(mut self, warning: impl Into<String>) -> Reply {
+    pub(crate) fn warn(mut self, warning: impl Into<String>) -> Reply {
         let warning = warning.into();
         self.warning = Some(match self.warning.take() {
             Some(previous) => format!("{previous}\n{warning}"),
@@ -188,12 +192,12 @@ impl Reply {
         self
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.status.unwrap_or(Status::Error)
     }
 
     /// The CLI exit code: 0 done, 3 the user must act, 2 invalid input, 1 any other failure.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self.status() {
             Status::Success
             | Status::Ok

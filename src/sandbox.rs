@@ -61,7 +61,7 @@ impl InstanceDirs {
     }
 
     /// Creates the directories; with `seed_plugin_stub`, also the stub that makes OpenCode skip its
-    /// background npm install of its plugin package (testing-recipes §3.3), so an Instance starts
+    /// background npm install of its plugin package, so an Instance starts
     /// without network access or 64 MB of downloads.
     pub fn create(&self, seed_plugin_stub: bool) -> io::Result<()> {
         for dir in [

@@ -33,7 +33,7 @@ impl fmt::Display for Secret {
 }
 
 /// `n_bytes` of OS randomness as lowercase hex (the original used `secrets.token_hex`).
-pub fn random_hex(n_bytes: usize) -> Secret {
+pub(crate) fn random_hex(n_bytes: usize) -> Secret {
     let mut bytes = vec![0u8; n_bytes];
     // The OS random source failing is not something a caller can recover from.
     getrandom::fill(&mut bytes).expect("the OS random number generator failed");
@@ -41,14 +41,14 @@ pub fn random_hex(n_bytes: usize) -> Secret {
 }
 
 /// A random number, for jitter.
-pub fn random_u16() -> u16 {
+pub(crate) fn random_u16() -> u16 {
     let mut bytes = [0u8; 2];
     getrandom::fill(&mut bytes).expect("the OS random number generator failed");
     u16::from_le_bytes(bytes)
 }
 
 /// A short random identifier (not secret), for launch ids and temporary names.
-pub fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     random_hex(6).0
 }
 

@@ -14,7 +14,7 @@ use crate::state::Desired;
 
 /// Everything, at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub projects: BTreeMap<String, ProjectView>,
     pub gateway: GatewayView,
     /// Counts the starts and restarts users asked for: the Gateway reopens after a user closed it
@@ -30,7 +30,7 @@ impl Snapshot {
     /// Whether the Gateway has something to serve: a Project the user wants running that has not
     /// failed for good (running, starting, restarting, parked, or between a crash and its restart),
     /// or any living Instance.
-    pub fn gateway_wanted(&self) -> bool {
+    pub(crate) fn gateway_wanted(&self) -> bool {
         self.projects.values().any(|p| {
             p.pid.is_some() || (p.desired == Desired::Running && p.state != InstanceState::Failed)
         })
@@ -38,7 +38,7 @@ impl Snapshot {
 
     /// Whether the Gateway has caught up with the Projects: it has seen every user start, and it
     /// is open while wanted (unless a user closed it or it cannot listen), closed otherwise.
-    pub fn gateway_settled(&self) -> bool {
+    pub(crate) fn gateway_settled(&self) -> bool {
         if self.gateway_seen != self.revision {
             return false;
         }
@@ -52,14 +52,14 @@ impl Snapshot {
     }
 
     /// How many Projects have a living Instance process.
-    pub fn running_count(&self) -> usize {
+    pub(crate) fn running_count(&self) -> usize {
         self.projects.values().filter(|p| p.pid.is_some()).count()
     }
 }
 
 /// What the Supervisor knows of one Project.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProjectView {
+pub(crate) struct ProjectView {
     pub desired: Desired,
     pub state: InstanceState,
     /// The Instance's process while it is alive.
@@ -93,14 +93,14 @@ pub struct ProjectView {
 
 /// Which model provider an Instance uses, as it said when it started.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProviderView {
+pub(crate) struct ProviderView {
     pub providers: Vec<String>,
     pub model: Option<String>,
 }
 
 /// The state word of a Project's Instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InstanceState {
+pub(crate) enum InstanceState {
     Stopped,
     Starting,
     Running,
@@ -115,7 +115,7 @@ pub enum InstanceState {
 
 impl InstanceState {
     /// The word replies and the dashboard show.
-    pub fn word(self) -> &'static str {
+    pub(crate) fn word(self) -> &'static str {
         match self {
             InstanceState::Stopped => "stopped",
             InstanceState::Starting => "starting",
@@ -130,7 +130,7 @@ impl InstanceState {
 
 /// The Gateway's listener.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum GatewayView {
+pub(crate) enum GatewayView {
     #[default]
     NotStarted,
     Running {

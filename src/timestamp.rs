@@ -6,12 +6,12 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The current time as an RFC 3339 UTC string with second precision.
-pub fn now() -> String {
+pub(crate) fn now() -> String {
     format(SystemTime::now())
 }
 
 /// Formats a time as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn format(time: SystemTime) -> String {
+pub(crate) fn format(time: SystemTime) -> String {
     let secs = time
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
@@ -28,7 +28,7 @@ pub fn format(time: SystemTime) -> String {
 
 /// Parses the forms this program and the Python original wrote: `YYYY-MM-DDTHH:MM:SS[.frac][Z]`.
 /// A timestamp without a zone is read as UTC (the original wrote naive `utcnow()` values).
-pub fn parse(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse(text: &str) -> Option<SystemTime> {
     let text = text.trim().trim_end_matches('Z');
     let (date, time) = text.split_once('T')?;
     let mut date_parts = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());

@@ -13,14 +13,14 @@ use crate::config::Paths;
 /// A path the manager refuses to use, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path} {problem}")]
-pub struct Untrusted {
+pub(crate) struct Untrusted {
     pub path: PathBuf,
     pub problem: String,
     pub fix: String,
 }
 
 /// Creates the home (0700) if it is missing, then checks it with [`check_home`].
-pub fn ensure_home(paths: &Paths) -> Result<(), Untrusted> {
+pub(crate) fn ensure_home(paths: &Paths) -> Result<(), Untrusted> {
     let home = paths.home();
     if std::fs::symlink_metadata(home).is_err() {
         crate::atomic_file::private_dir(home).map_err(|err| Untrusted {
@@ -34,7 +34,7 @@ pub fn ensure_home(paths: &Paths) -> Result<(), Untrusted> {
 
 /// Refuses a home, a directory the manager uses under it, or its config files, when one is a
 /// symlink, belongs to another user, or is writable by group or others. Missing ones are fine.
-pub fn check_home(paths: &Paths) -> Result<(), Untrusted> {
+pub(crate) fn check_home(paths: &Paths) -> Result<(), Untrusted> {
     check_owned(paths.home(), Kind::Home)?;
     for dir in [
         paths.sandboxes_dir(),
@@ -118,7 +118,7 @@ fn check_owned(path: &Path, kind: Kind) -> Result<(), Untrusted> {
 /// Refuses a program (after resolving symlinks) that another user could have written: the file
 /// or any directory above it belongs to someone other than this user or root, or is writable by
 /// group or others (a world-writable directory with the sticky bit, such as `/tmp`, is fine).
-pub fn check_program(program: &Path) -> Result<(), Untrusted> {
+pub(crate) fn check_program(program: &Path) -> Result<(), Untrusted> {
     let resolved = std::fs::canonicalize(program).map_err(|err| Untrusted {
         path: program.to_owned(),
         problem: format!("cannot be resolved: {err}"),

@@ -1,4 +1,3 @@
-#![allow(clippy::disallowed_methods)] // A test tool: it spawns what it pleases.
 //! A stand-in for `opencode serve`, for faults the real server will not produce on demand.
 //!
 //! Built only with `--features test-support`. Invoked like the real binary:
@@ -17,6 +16,7 @@
 //! `POST /session/<id>/message` is a turn that runs until a file named `release-turn` appears in
 //! the working directory (the clone), then answers `turn done`; until then it says on stdout that
 //! it started, so a test can stop the Instance, or close the gateway, in the middle of it.
+#![allow(clippy::disallowed_methods)] // A test tool: it spawns what it pleases.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -26,7 +26,7 @@ const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Why a request got no reply from a daemon.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
-pub struct ClientError {
+pub(crate) struct ClientError {
     pub code: ErrorCode,
     pub message: String,
     pub hint: String,
@@ -41,14 +41,18 @@ impl ClientError {
         }
     }
 
-    pub fn into_reply(self) -> Reply {
+    pub(crate) fn into_reply(self) -> Reply {
         Reply::error(self.code, self.message, self.hint)
     }
 }
 
 /// Sends one request and returns the daemon's reply, or an error reply saying why there is none.
 /// `on_progress` sees each step.
-pub async fn ask(paths: &Paths, envelope: &Envelope, on_progress: impl FnMut(&str)) -> Reply {
+pub(crate) async fn ask(
+    paths: &Paths,
+    envelope: &Envelope,
+    on_progress: impl FnMut(&str),
+) -> Reply {
     match request(paths, envelope, on_progress).await {
         Ok(Frame::Reply(reply)) => *reply,
         Ok(other) => Reply::error(
@@ -67,7 +71,7 @@ pub async fn ask(paths: &Paths, envelope: &Envelope, on_progress: impl FnMut(&st
 /// was done for it, and every operation is safe to repeat. So is a daemon of an older version
 /// (its Instances keep running and the new daemon adopts them); a newer one is left alone and
 /// the client says so.
-pub async fn request(
+pub(crate) async fn request(
     paths: &Paths,
     envelope: &Envelope,
     mut on_progress: impl FnMut(&str),
@@ -162,7 +166,7 @@ async fn replace(paths: &Paths, pid: u32) -> Result<(), ClientError> {
 }
 
 /// The pid of a daemon answering on the home's socket right now, without starting one.
-pub async fn running_daemon(paths: &Paths) -> Option<i32> {
+pub(crate) async fn running_daemon(paths: &Paths) -> Option<i32> {
     let stream = UnixStream::connect(paths.socket()).await.ok()?;
     let envelope = Envelope {
         request: Request::Ping,

@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 
 /// The daemon's hold on its home.
 #[derive(Debug)]
-pub struct HomeLock {
+pub(crate) struct HomeLock {
     file: File,
     path: PathBuf,
 }
 
 /// What trying the lock found.
 #[derive(Debug)]
-pub enum Acquired {
+pub(crate) enum Acquired {
     Held(HomeLock),
     /// Another process holds it; its pid as written in the file, when readable.
     Busy {
@@ -30,7 +30,7 @@ pub enum Acquired {
 
 impl HomeLock {
     /// Takes the lock at `path` and writes this process's pid into it.
-    pub fn acquire(path: &Path) -> io::Result<Acquired> {
+    pub(crate) fn acquire(path: &Path) -> io::Result<Acquired> {
         // A file swapped between our open and our lock is retried; more than a few swaps in a
         // row means someone is playing with the file.
         for _ in 0..5 {
@@ -67,7 +67,7 @@ impl HomeLock {
 
     /// Whether the locked file is still the one at the path. If it was removed or replaced, locks
     /// the file now there (or a new one); returns what happened, for the log.
-    pub fn verify(&mut self) -> Verified {
+    pub(crate) fn verify(&mut self) -> Verified {
         if same_file(&self.file, &self.path) {
             return Verified::Intact;
         }
@@ -111,7 +111,7 @@ impl HomeLock {
 
 /// The outcome of [`HomeLock::verify`].
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verified {
+pub(crate) enum Verified {
     Intact,
     /// The file had been removed or replaced; a new locked one is in place.
     Restored,
@@ -120,7 +120,7 @@ pub enum Verified {
 }
 
 /// The pid a lock file names, if it names a living process.
-pub fn read_pid(path: &Path) -> Option<i32> {
+pub(crate) fn read_pid(path: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
     crate::instance::process::identity(pid).map(|_| pid)
 }

@@ -11,11 +11,11 @@
 //! Instances run in their own sessions: the daemon exiting, even by SIGKILL, leaves them running
 //! for the next one.
 
-pub mod client;
+pub(crate) mod client;
 mod dispatch;
-pub mod lock;
-pub mod protocol;
-pub mod socket;
+pub(crate) mod lock;
+pub(crate) mod protocol;
+pub(crate) mod socket;
 #[cfg(test)]
 mod tests;
 
@@ -40,7 +40,7 @@ use protocol::{Envelope, Frame};
 
 /// This program's version, which clients and the daemon compare before anything else. A
 /// `test-support` build takes `OCM_TEST_VERSION` instead, so a test can play another version.
-pub fn version() -> &'static str {
+pub(crate) fn version() -> &'static str {
     static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     VERSION.get_or_init(|| {
         #[cfg(feature = "test-support")]
@@ -56,7 +56,7 @@ pub fn version() -> &'static str {
 
 /// How the daemon's run ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     /// Another daemon holds this home (its pid, when known).
     AlreadyRunning {
         pid: Option<i32>,
@@ -68,7 +68,7 @@ pub enum Exit {
 /// Why the daemon would not start; the client that spawned it reports the code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct Refused {
+pub(crate) struct Refused {
     pub code: ErrorCode,
     pub message: String,
     pub hint: String,
@@ -84,7 +84,7 @@ impl Refused {
     }
 
     /// The process exit status that carries the code to the client that spawned the daemon.
-    pub fn exit_status(&self) -> u8 {
+    pub(crate) fn exit_status(&self) -> u8 {
         EXIT_CODES
             .iter()
             .find(|(_, code)| *code == self.code)
@@ -93,7 +93,7 @@ impl Refused {
 }
 
 /// Exit status of `opencode-manager daemon` when another daemon already holds the home.
-pub const EXIT_ALREADY_RUNNING: u8 = 3;
+pub(crate) const EXIT_ALREADY_RUNNING: u8 = 3;
 
 /// Exit statuses of a refused daemon start, by the error code they stand for.
 const EXIT_CODES: [(u8, ErrorCode); 3] = [
@@ -103,7 +103,7 @@ const EXIT_CODES: [(u8, ErrorCode); 3] = [
 ];
 
 /// The error code a daemon's exit status stands for (1 and anything unknown: none).
-pub fn code_of_exit_status(status: i32) -> Option<ErrorCode> {
+pub(crate) fn code_of_exit_status(status: i32) -> Option<ErrorCode> {
     EXIT_CODES
         .iter()
         .find(|(s, _)| i32::from(*s) == status)
@@ -112,13 +112,13 @@ pub fn code_of_exit_status(status: i32) -> Option<ErrorCode> {
 
 /// Options of a daemon run.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DaemonOptions {
+pub(crate) struct DaemonOptions {
     /// Never exit for lack of running Projects (for a service unit).
     pub stay: bool,
 }
 
 /// Runs the daemon until `shutdown` resolves or it has lingered with nothing running.
-pub async fn run(
+pub(crate) async fn run(
     config: Config,
     options: DaemonOptions,
     shutdown: impl std::future::Future<Output = ()>,

@@ -13,7 +13,7 @@ use crate::reply::Reply;
 /// One operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
+pub(crate) enum Request {
     Start(StartArgs),
     Status {
         project_name: String,
@@ -47,7 +47,7 @@ pub enum Request {
 
 /// A request with the caller's settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     pub request: Request,
     #[serde(default)]
     pub caller: CallerSettings,
@@ -56,7 +56,7 @@ pub struct Envelope {
 /// What the daemon sends back, one per line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Frame {
+pub(crate) enum Frame {
     Progress(String),
     Reply(Box<Reply>),
     Hello {

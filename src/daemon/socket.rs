@@ -24,7 +24,7 @@ const TOKEN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The daemon's token: read from the home, or created (0600) on first start. Kept across
 /// daemons, so a client never races a restart.
-pub fn load_or_create_token(paths: &Paths) -> io::Result<Secret> {
+pub(crate) fn load_or_create_token(paths: &Paths) -> io::Result<Secret> {
     let path = paths.daemon_token();
     let fresh = crate::secrets::random_hex(32);
     match crate::atomic_file::create_new(
@@ -39,7 +39,7 @@ pub fn load_or_create_token(paths: &Paths) -> io::Result<Secret> {
 }
 
 /// The token a client presents.
-pub fn read_token(paths: &Paths) -> io::Result<Secret> {
+pub(crate) fn read_token(paths: &Paths) -> io::Result<Secret> {
     let path = paths.daemon_token();
     let text = std::fs::read_to_string(&path)
         .map_err(|err| io::Error::new(err.kind(), format!("reading {}: {err}", path.display())))?;
@@ -54,7 +54,7 @@ pub fn read_token(paths: &Paths) -> io::Result<Secret> {
 }
 
 /// The first line a client sends: who it is, its version, and the daemon's token.
-pub fn greeting(version: &str, token: &Secret) -> String {
+pub(crate) fn greeting(version: &str, token: &Secret) -> String {
     format!("{GREETING} {version} {}\n", token.expose())
 }
 
@@ -62,7 +62,7 @@ const GREETING: &str = "opencode-manager";
 
 /// What the first line of a connection said.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Greeting {
+pub(crate) enum Greeting {
     /// This version, with the token.
     Welcome,
     /// The token, from another version of this program (told so, and nothing more).
@@ -74,7 +74,7 @@ pub enum Greeting {
 /// Reads the first line of a connection: `opencode-manager <version> <token>`. Bounded in time
 /// and size, so a client that never sends it cannot hold the daemon. The version is told apart
 /// only for a client that has the token.
-pub async fn greet(reader: &mut (impl AsyncBufRead + Unpin), token: &Secret) -> Greeting {
+pub(crate) async fn greet(reader: &mut (impl AsyncBufRead + Unpin), token: &Secret) -> Greeting {
     let mut line = String::new();
     let read = tokio::time::timeout(
         TOKEN_DEADLINE,
@@ -102,7 +102,7 @@ pub async fn greet(reader: &mut (impl AsyncBufRead + Unpin), token: &Secret) -> 
 
 /// The bound control socket, with the identity of the file it created.
 #[derive(Debug)]
-pub struct ControlSocket {
+pub(crate) struct ControlSocket {
     pub listener: UnixListener,
     path: PathBuf,
     identity: Option<(u64, u64)>,
@@ -111,7 +111,7 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Binds the socket, 0600 from creation. A socket file already at the path is removed first:
     /// the caller holds the home's lock and has found no daemon answering on it.
-    pub fn bind(path: &Path) -> io::Result<ControlSocket> {
+    pub(crate) fn bind(path: &Path) -> io::Result<ControlSocket> {
         match std::fs::symlink_metadata(path) {
             Ok(metadata) if metadata.file_type().is_dir() => {
                 return Err(io::Error::other(format!(
@@ -139,7 +139,7 @@ impl ControlSocket {
     }
 
     /// Removes the socket file if it is still the one this daemon bound.
-    pub fn remove_if_ours(&self) {
+    pub(crate) fn remove_if_ours(&self) {
         let at_path = std::fs::symlink_metadata(&self.path)
             .ok()
             .map(|m| (m.dev(), m.ino()));

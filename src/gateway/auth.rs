@@ -14,13 +14,13 @@ use crate::secrets::Secret;
 
 /// The global token: `GLOBAL_MCP_BEARER_TOKEN`, else one generated once into
 /// `<home>/global-mcp-token` (0600).
-pub fn global_token(paths: &Paths) -> std::io::Result<(Secret, front_door::TokenSource)> {
+pub(crate) fn global_token(paths: &Paths) -> std::io::Result<(Secret, front_door::TokenSource)> {
     front_door::load_token("GLOBAL_MCP_BEARER_TOKEN", &paths.global_token_file())
 }
 
 /// The door's check for the Gateway: the global token (compared in constant time), then the
 /// Projects' tokens.
-pub fn authorizer(
+pub(crate) fn authorizer(
     envs: Arc<EnvCache>,
     global: Secret,
 ) -> impl Fn(&str) -> Option<Scope> + Send + Sync + 'static {

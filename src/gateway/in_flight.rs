@@ -22,7 +22,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Counts requests whose answer is not written yet.
 #[derive(Debug, Default)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     count: AtomicUsize,
     idle: Notify,
 }
@@ -40,7 +40,7 @@ impl Drop for Counted {
 
 impl InFlight {
     /// Waits until no request is under way, or `limit` has passed; returns whether none is.
-    pub async fn drained(&self, limit: Duration) -> bool {
+    pub(crate) async fn drained(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let idle = self.idle.notified();
@@ -56,7 +56,7 @@ impl InFlight {
 
 /// Axum middleware: counts POSTs (tool calls) until their response is ready. Event streams (GET)
 /// are not counted: they last as long as their session.
-pub async fn count(
+pub(crate) async fn count(
     State(in_flight): State<Arc<InFlight>>,
     request: Request,
     next: Next,
@@ -71,7 +71,7 @@ pub async fn count(
 
 /// A running gateway's two stop signals and its counter.
 #[derive(Debug, Default)]
-pub struct Serving {
+pub(crate) struct Serving {
     /// Stops accepting connections; the listener is dropped at once.
     pub accept: CancellationToken,
     /// Ends the MCP sessions (and their event streams), so open connections can close.
@@ -81,7 +81,7 @@ pub struct Serving {
 
 impl Serving {
     /// Stops accepting now; ends the sessions once the calls under way are answered.
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         self.accept.cancel();
         tokio::spawn(async move {
             if !self.in_flight.drained(DRAIN_LIMIT).await {

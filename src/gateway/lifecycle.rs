@@ -5,7 +5,7 @@
 
 /// The listener's state, as far as the decisions go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     NotStarted,
     Running,
     Stopped {
@@ -18,7 +18,7 @@ pub enum State {
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
+pub(crate) enum Cause {
     /// The Projects changed: whether any is wanted, and whether a user started one since the
     /// last time.
     Projects { wanted: bool, user_started: bool },
@@ -32,7 +32,7 @@ pub enum Cause {
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     Nothing,
     Open,
     Close {
@@ -42,7 +42,7 @@ pub enum Transition {
     Reopen,
 }
 
-pub fn decide(state: State, cause: Cause) -> Transition {
+pub(crate) fn decide(state: State, cause: Cause) -> Transition {
     match (state, cause) {
         (State::Running, Cause::Projects { wanted: true, .. }) => Transition::Nothing,
         (State::Running, Cause::Projects { wanted: false, .. }) => {

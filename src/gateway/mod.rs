@@ -9,12 +9,13 @@
 //! `auth`, behind the shared `front_door`. Only this module and `mcp` know rmcp; only these and
 //! `front_door` know axum.
 
-pub mod auth;
-pub mod in_flight;
-pub mod lifecycle;
-pub mod params;
-pub mod servers_file;
-pub mod tools;
+pub(crate) mod auth;
+pub(crate) mod in_flight;
+pub(crate) mod lifecycle;
+pub(crate) mod params;
+mod route;
+pub(crate) mod servers_file;
+pub(crate) mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +86,7 @@ impl Listener {
 }
 
 /// Serves the Gateway's lifecycle until `cancel` fires.
-pub async fn run(
+pub(crate) async fn run(
     manager: Manager,
     publish: Arc<watch::Sender<Snapshot>>,
     mut requests: mpsc::UnboundedReceiver<GatewayRequest>,

@@ -8,14 +8,14 @@ use serde::Deserialize;
 
 /// `server` only.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct ServerParams {
+pub(crate) struct ServerParams {
     /// OpenCode server ID: the project name. Optional when exactly one project runs.
     #[serde(default)]
     pub server: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct CreateParams {
+pub(crate) struct CreateParams {
     /// OpenCode server ID: the project name. Optional when exactly one project runs.
     #[serde(default)]
     pub server: Option<String>,
@@ -25,7 +25,7 @@ pub struct CreateParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct SessionParams {
+pub(crate) struct SessionParams {
     /// OpenCode server ID: the project name. Optional when exactly one project runs.
     #[serde(default)]
     pub server: Option<String>,
@@ -35,7 +35,7 @@ pub struct SessionParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct MessageParams {
+pub(crate) struct MessageParams {
     /// OpenCode server ID: the project name. Optional when exactly one project runs.
     #[serde(default)]
     pub server: Option<String>,
@@ -47,7 +47,7 @@ pub struct MessageParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct MessagesParams {
+pub(crate) struct MessagesParams {
     /// OpenCode server ID: the project name. Optional when exactly one project runs.
     #[serde(default)]
     pub server: Option<String>,
@@ -60,7 +60,7 @@ pub struct MessagesParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct StatusParams {
+pub(crate) struct StatusParams {
     /// OpenCode server ID: the project name. Optional when exactly one project runs.
     #[serde(default)]
     pub server: Option<String>,
@@ -70,7 +70,7 @@ pub struct StatusParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct ReplyParams {
+pub(crate) struct ReplyParams {
     /// OpenCode server ID: the project name. Optional when exactly one project runs.
     #[serde(default)]
     pub server: Option<String>,
@@ -86,7 +86,7 @@ pub struct ReplyParams {
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PermissionReply {
+pub(crate) enum PermissionReply {
     Once,
     Always,
     Reject,

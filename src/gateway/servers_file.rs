@@ -1,4 +1,4 @@
-//! `opencode-mcp-tool-servers.json`, kept current in the original's format (design Part A.5) for
+//! `opencode-mcp-tool-servers.json`, kept current in the original's format (the Node tool's `servers` list) for
 //! tools that read it: one entry per Project with a usable `.env`, `active` while its Instance runs.
 //!
 //! The file holds the Instances' passwords, as the original's did, so it is written 0600 and
@@ -12,14 +12,14 @@ use crate::snapshot::Snapshot;
 
 /// The file as last written (or read, the first time), so it is rewritten only on change.
 #[derive(Debug, Default)]
-pub struct Servers {
+pub(crate) struct Servers {
     last: Option<Value>,
 }
 
 impl Servers {
     /// Rewrites the file (off the async threads) if the Projects, their ports, their status or
     /// their passwords changed.
-    pub async fn update(&mut self, manager: &Manager, snapshot: &Snapshot) {
+    pub(crate) async fn update(&mut self, manager: &Manager, snapshot: &Snapshot) {
         let path = manager.config().paths.servers_config();
         let previous = match self.last.take() {
             Some(previous) => previous,

@@ -20,10 +20,8 @@ use super::params::{
     StatusParams,
 };
 use crate::front_door::Scope;
-use crate::instance::api::{ApiError, InstanceApi};
+use crate::instance::api::InstanceApi;
 use crate::ops::Manager;
-use crate::project::ProjectName;
-use crate::snapshot::InstanceState;
 
 /// How long a synchronous prompt may take (provider retries alone can take a minute).
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -31,13 +29,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The gateway's MCP server; one per HTTP session or stateless request.
 #[derive(Clone)]
-pub struct GatewayServer {
+pub(crate) struct GatewayServer {
     manager: Manager,
     tool_router: ToolRouter<GatewayServer>,
 }
 
 impl GatewayServer {
-    pub fn new(manager: Manager) -> GatewayServer {
+    pub(crate) fn new(manager: Manager) -> GatewayServer {
         GatewayServer {
             manager,
             tool_router: GatewayServer::tool_router(),
@@ -234,7 +232,7 @@ impl GatewayServer {
                     "parts": answer.get("parts").cloned().unwrap_or(Value::Null),
                 })),
             },
-            Err(err) => fail(TOOL, &self.explain(&project, &api, err).await),
+            Err(err) => fail(TOOL, &super::route::explain(&project, &api, err).await),
         }
     }
 
@@ -326,7 +324,7 @@ impl GatewayServer {
             .await
         {
             Ok(all) => all,
-            Err(err) => return fail(TOOL, &self.explain(&project, &api, err).await),
+            Err(err) => return fail(TOOL, &super::route::explain(&project, &api, err).await),
         };
         match p.session_id {
             None => json_result(json!({ "sessions": all })),
@@ -401,7 +399,7 @@ impl GatewayServer {
                 json_result(json!({ "permissions": items }))
             }
             Ok(other) => json_result(json!({ "permissions": other })),
-            Err(err) => fail(TOOL, &self.explain(&project, &api, err).await),
+            Err(err) => fail(TOOL, &super::route::explain(&project, &api, err).await),
         }
     }
 
@@ -461,12 +459,11 @@ impl GatewayServer {
         };
         match api.call(method, &path, body.as_ref(), timeout).await {
             Ok(value) => json_result(value),
-            Err(err) => fail(tool, &self.explain(&project, &api, err).await),
+            Err(err) => fail(tool, &super::route::explain(&project, &api, err).await),
         }
     }
 
-    /// The Project a call is for, and a client for its Instance. Routed from the snapshot; a
-    /// parked Project (or one starting) is started, or its start joined, before the call.
+    /// The Project a call is for, and a client for its Instance (see `route`).
     async fn target(
         &self,
         server: Option<String>,
@@ -478,97 +475,7 @@ impl GatewayServer {
             .and_then(|parts| parts.extensions.get::<Scope>().cloned())
             // The auth layer always sets it; without it nothing is reachable.
             .ok_or_else(|| "this request carries no credentials".to_owned())?;
-        let snapshot = self.manager.snapshot();
-        let serving = |state: InstanceState| {
-            // A parked Project counts: it is started on demand.
-            matches!(
-                state,
-                InstanceState::Running | InstanceState::Unhealthy | InstanceState::Idle
-            )
-        };
-        let running: Vec<String> = snapshot
-            .projects
-            .iter()
-            .filter(|(_, view)| serving(view.state))
-            .map(|(name, _)| name.clone())
-            .collect();
-        let name = match (server, &scope) {
-            (Some(name), _) => name,
-            (None, Scope::Project(own)) => own.clone(),
-            (None, Scope::All) => match running.as_slice() {
-                [only] => only.clone(),
-                [] => {
-                    return Err(format!(
-                        "No OpenCode server is running. Available servers: {}",
-                        list(snapshot.projects.keys())
-                    ));
-                }
-                many => {
-                    return Err(format!(
-                        "Several OpenCode servers are running; pass server, one of: {}",
-                        many.join(", ")
-                    ));
-                }
-            },
-        };
-        // A project's token learns nothing about other projects, not even their names.
-        if let Scope::Project(own) = &scope
-            && own != &name
-        {
-            return Err(format!("this token reaches only project {own}, not {name}"));
-        }
-        let Some(view) = ProjectName::parse(&name)
-            .ok()
-            .and_then(|p| snapshot.projects.get(p.as_str()))
-        else {
-            return Err(format!(
-                "OpenCode server not found: \"{name}\". Available servers: {}",
-                list(snapshot.projects.keys())
-            ));
-        };
-        let project = ProjectName::parse(&name).map_err(|err| err.message)?;
-        let port = match (view.state, view.port) {
-            (InstanceState::Running | InstanceState::Unhealthy, Some(port)) => {
-                self.manager.supervisor().touch(&name);
-                port
-            }
-            // Parked for lack of activity, or being started: wait for that start.
-            (InstanceState::Idle | InstanceState::Starting, _) => {
-                crate::ops::resume::resume(&self.manager, &project).await?
-            }
-            _ => {
-                return Err(format!(
-                    "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
-                ));
-            }
-        };
-        let env = self
-            .manager
-            .envs()
-            .get(project.as_str())
-            .ok_or_else(|| format!("the .env of project {name} is missing or invalid"))?;
-        Ok((name, InstanceApi::new(port, env.password.clone())))
-    }
-
-    /// Turns a failed call into a message that says what happened to the Project.
-    async fn explain(&self, project: &str, api: &InstanceApi, err: ApiError) -> String {
-        match &err {
-            ApiError::Connect(_) | ApiError::Body(_) | ApiError::Timeout(_) => {
-                let still_up = api.health(Duration::from_millis(500)).await.is_ok();
-                if still_up {
-                    format!("OpenCode of {project}: {err}")
-                } else {
-                    format!(
-                        "the OpenCode server of {project} stopped answering ({err}); it may have been stopped or crashed: check opencode_status"
-                    )
-                }
-            }
-            ApiError::Status { status: 500, body } if body.contains("UnknownError") => format!(
-                "OpenCode of {project} failed with an internal error ({body}); this usually means no usable model provider \
-                 or an unknown model: opencode_status shows the provider, and the project's log has the details"
-            ),
-            _ => format!("OpenCode of {project}: {err}"),
-        }
+        super::route::target(&self.manager, &scope, server).await
     }
 }
 
@@ -582,15 +489,6 @@ fn checked_id(id: &str) -> Option<&str> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
     .then_some(id)
-}
-
-fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
 }
 
 /// A provider failure that OpenCode returned with HTTP 200 (`info.error`).

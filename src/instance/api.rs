@@ -1,6 +1,7 @@
 //! HTTP calls to one OpenCode Instance on 127.0.0.1, with Basic auth and a timeout on every request.
 //!
-//! A request sent before OpenCode finishes starting can hang forever (design Part B.4), so every
+//! A request sent before OpenCode finishes starting can hang forever (OpenCode 1.x accepts the
+//! connection and answers nothing until its bootstrap is done), so every
 //! call here has a per-request timeout and readiness polls use short ones. The password is held as
 //! a [`Secret`] and only ever placed in the Authorization header. No proxy is ever used.
 

@@ -8,7 +8,8 @@
 //! nodes. Nothing else under the manager home is reachable: no other Sandbox, key, token, state,
 //! socket or log, nor its own `.env`. Where the kernel allows, TCP bind is limited to the
 //! Instance's own port, and signals and abstract unix sockets stay inside the Instance. The ruleset
-//! is the one verified with OpenCode 1.18.33 (`landlock.md` in the design documents).
+//! is the one verified with OpenCode 1.18.33: its tools, git and the agent's shell all work under it
+//! (`tests/it/isolation.rs`).
 //!
 //! Everything that allocates or opens a file happens in [`prepare`], in the daemon. The closure
 //! that [`install`] registers runs between fork and exec and only calls `prctl` and

@@ -17,7 +17,7 @@ use crate::project::ProjectName;
 use crate::state::{InstanceRecord, ProjectRecord};
 
 /// Adopts living Instances and returns them, each with the future of its exit.
-pub async fn adopt(host: &Host) -> Vec<Launched> {
+pub(crate) async fn adopt(host: &Host) -> Vec<Launched> {
     let paths = &host.config.paths;
     let state = host.store.snapshot();
     let mechanism = host.limit_mechanism().await.mechanism.clone();

@@ -18,7 +18,7 @@ use crate::state::InstanceRecord;
 const GRACE: Duration = Duration::from_secs(2);
 
 /// Ends `instance` and records the outcome `why` (stopped, parked, failed) in the state file.
-pub async fn end(host: &Host, instance: Instance, why: Ending) {
+pub(crate) async fn end(host: &Host, instance: Instance, why: Ending) {
     let Instance {
         project,
         id,
@@ -59,7 +59,12 @@ pub async fn end(host: &Host, instance: Instance, why: Ending) {
 
 /// Records `outcome` as the Project's Instance, if the record still names launch `id` (or
 /// whatever it names, without one); removes the pid file.
-pub async fn record(host: &Host, project: &ProjectName, id: Option<&str>, outcome: InstanceRecord) {
+pub(crate) async fn record(
+    host: &Host,
+    project: &ProjectName,
+    id: Option<&str>,
+    outcome: InstanceRecord,
+) {
     let pid_file = host.config.paths.pid_file(project);
     let _ =
         tokio::task::spawn_blocking(move || crate::atomic_file::remove_if_present(&pid_file)).await;
@@ -76,7 +81,7 @@ pub async fn record(host: &Host, project: &ProjectName, id: Option<&str>, outcom
 }
 
 /// `reason`, with the end of the Project's log.
-pub async fn with_log_tail(host: &Host, project: &ProjectName, reason: &str) -> String {
+pub(crate) async fn with_log_tail(host: &Host, project: &ProjectName, reason: &str) -> String {
     let log = host.config.paths.project_log(project);
     let tail = tokio::task::spawn_blocking(move || crate::logs::tail(&log, 10))
         .await
@@ -88,7 +93,7 @@ pub async fn with_log_tail(host: &Host, project: &ProjectName, reason: &str) -> 
 
 /// Kills whatever still carries any of the Project's markers: the tools of an Instance that
 /// crashed, or of launches an earlier daemon never recorded.
-pub async fn clean_up(host: &Host, project: &ProjectName) {
+pub(crate) async fn clean_up(host: &Host, project: &ProjectName) {
     let prefix = crate::sandbox::marker_prefix(&host.config.paths, project);
     let swept = process::sweep(move |value| value.starts_with(&prefix)).await;
     if swept > 0 {

@@ -25,11 +25,11 @@ use crate::snapshot::ProviderView;
 use crate::state::InstanceRecord;
 
 /// What an Instance without a memory limit is assumed to need (about 0.5 GiB, as measured).
-pub const ASSUMED_INSTANCE_MEMORY: u64 = 512 * 1024 * 1024;
+pub(crate) const ASSUMED_INSTANCE_MEMORY: u64 = 512 * 1024 * 1024;
 
 /// Launches the Instance of `request.project` and waits until it answers; records its launch
 /// identity (and a failure) in the state file.
-pub async fn launch(host: &Host, request: LaunchRequest) -> Result<Launched, OpError> {
+pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launched, OpError> {
     let LaunchRequest {
         project,
         id,
@@ -205,7 +205,7 @@ pub async fn launch(host: &Host, request: LaunchRequest) -> Result<Launched, OpE
 }
 
 /// The memory of an Instance's cgroup, else of its process tree.
-pub async fn memory_of(pid: i32, enforced: Option<Enforced>) -> Option<u64> {
+pub(crate) async fn memory_of(pid: i32, enforced: Option<Enforced>) -> Option<u64> {
     tokio::task::spawn_blocking(move || {
         enforced
             .as_ref()
@@ -218,7 +218,7 @@ pub async fn memory_of(pid: i32, enforced: Option<Enforced>) -> Option<u64> {
 }
 
 /// Warns when an Instance runs unconfined: its agent can then read every Project's secrets.
-pub fn isolation_warning(isolation: &Isolation) -> Option<String> {
+pub(crate) fn isolation_warning(isolation: &Isolation) -> Option<String> {
     match isolation {
         Isolation::Landlock { .. } => None,
         Isolation::None { reason } => Some(format!(
@@ -357,7 +357,7 @@ async fn choose_port(host: &Host, project: &ProjectName, env: &ProjectEnv) -> Re
 
 /// The Project's limits (`MEMORY_MAX`, `CPU_MAX`, `TASKS_MAX` in its `.env`), each falling back
 /// to the daemon-wide default.
-pub fn effective_limits(host: &Host, env: &ProjectEnv) -> Result<Limits, OpError> {
+pub(crate) fn effective_limits(host: &Host, env: &ProjectEnv) -> Result<Limits, OpError> {
     let own = Limits::parse(
         env.memory_max.as_deref(),
         env.cpu_max.as_deref(),
@@ -415,7 +415,7 @@ fn check_budget(
 }
 
 /// A state write that failed.
-pub fn store_failure(err: crate::state::store::StoreError) -> OpError {
+pub(crate) fn store_failure(err: crate::state::store::StoreError) -> OpError {
     tracing::error!("{err}");
     OpError::new(
         err.code(),

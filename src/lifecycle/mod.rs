@@ -3,15 +3,15 @@
 //! imports it; it imports neither.
 //!
 //! [`Launcher`] is the seam between the Supervisor's decisions and where Instances run: today
-//! [`LocalLauncher`] (detached, confined processes on this machine); a cluster launcher would
-//! implement the same trait (`docs/cluster.md`). [`Host`] holds what every step needs from the
+//! [`LocalLauncher`] (detached, confined processes on this machine); a launcher for other
+//! agents or other machines implements the same trait. [`Host`] holds what every step needs from the
 //! daemon: the config, the state store, the `.env` cache, and what this machine offers (isolation,
 //! limits, program versions). The steps write launch identity to the store; they keep nothing.
 
-pub mod adopt;
-pub mod end;
-pub mod launch;
-pub mod probe;
+pub(crate) mod adopt;
+pub(crate) mod end;
+pub(crate) mod launch;
+pub(crate) mod probe;
 mod program;
 mod ready;
 
@@ -35,7 +35,7 @@ use crate::state::ProcIdentity;
 use crate::state::store::Store;
 
 /// What every lifecycle step needs from the daemon.
-pub struct Host {
+pub(crate) struct Host {
     pub config: Config,
     pub store: Store,
     pub envs: Arc<EnvCache>,
@@ -52,7 +52,7 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(config: Config, store: Store, envs: Arc<EnvCache>) -> Host {
+    pub(crate) fn new(config: Config, store: Store, envs: Arc<EnvCache>) -> Host {
         Host {
             config,
             store,
@@ -66,24 +66,26 @@ impl Host {
     }
 
     /// What Landlock this kernel offers.
-    pub fn isolation_support(&self) -> &Support {
+    pub(crate) fn isolation_support(&self) -> &Support {
         &self.isolation
     }
 
     /// The limit mechanism in force (probed once).
-    pub async fn limit_mechanism(&self) -> &Detection {
+    pub(crate) async fn limit_mechanism(&self) -> &Detection {
         self.limits
             .get_or_init(crate::instance::enforce::detect)
             .await
     }
 
     /// A program's version, asked once per binary (path and modification time).
-    pub async fn program_version(&self, program: &Path) -> Result<String, String> {
+    pub(crate) async fn program_version(&self, program: &Path) -> Result<String, String> {
         use std::os::unix::fs::MetadataExt as _;
-        let key = (
-            program.to_owned(),
-            std::fs::metadata(program).map_or(0, |m| m.mtime()),
-        );
+        let path = program.to_owned();
+        let mtime =
+            tokio::task::spawn_blocking(move || std::fs::metadata(path).map_or(0, |m| m.mtime()))
+                .await
+                .unwrap_or(0);
+        let key = (program.to_owned(), mtime);
         if let Some(version) = self
             .versions
             .lock()
@@ -111,14 +113,14 @@ impl Host {
 
 /// Where an operation reports its steps (MCP progress notifications, CLI stderr lines).
 #[derive(Clone, Default)]
-pub struct Progress(Option<mpsc::UnboundedSender<String>>);
+pub(crate) struct Progress(Option<mpsc::UnboundedSender<String>>);
 
 impl Progress {
-    pub fn to(sender: mpsc::UnboundedSender<String>) -> Progress {
+    pub(crate) fn to(sender: mpsc::UnboundedSender<String>) -> Progress {
         Progress(Some(sender))
     }
 
-    pub fn step(&self, message: impl Into<String>) {
+    pub(crate) fn step(&self, message: impl Into<String>) {
         if let Some(sender) = &self.0 {
             let _ = sender.send(message.into());
         }
@@ -126,7 +128,7 @@ impl Progress {
 }
 
 /// A launch to make.
-pub struct LaunchRequest {
+pub(crate) struct LaunchRequest {
     pub project: ProjectName,
     /// The launch's id, in its marker and in every event about it.
     pub id: String,
@@ -138,7 +140,7 @@ pub struct LaunchRequest {
 
 /// A running Instance, as the Supervisor refers to it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Instance {
+pub(crate) struct Instance {
     pub project: ProjectName,
     pub id: String,
     pub proc: ProcIdentity,
@@ -150,10 +152,10 @@ pub struct Instance {
 
 /// Resolves when an Instance's process ends, with how it ended ("exit code 3", "killed by signal
 /// 9, killed by the kernel's OOM killer: …").
-pub type ExitWatch = Pin<Box<dyn Future<Output = String> + Send>>;
+pub(crate) type ExitWatch = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// A ready Instance.
-pub struct Launched {
+pub(crate) struct Launched {
     pub instance: Instance,
     pub started_at: String,
     pub isolation: Isolation,
@@ -165,7 +167,7 @@ pub struct Launched {
 
 /// What one probe of a running Instance saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Probed {
+pub(crate) struct Probed {
     /// Whether it answered its health check; `None` when it could not be asked (its `.env` is
     /// unreadable just now), which says nothing about its health.
     pub ok: Option<bool>,
@@ -181,7 +183,7 @@ pub struct Probed {
 
 /// Why an Instance is ended, for its record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// A user's stop (or a destroy); the reason is recorded as its last exit.
     Stop(String),
     /// The Supervisor restarts it.
@@ -194,7 +196,7 @@ pub enum Ending {
 
 impl Ending {
     /// How this ending reads as the Instance's last exit, for the endings that record one.
-    pub fn last_exit(&self) -> Option<String> {
+    pub(crate) fn last_exit(&self) -> Option<String> {
         match self {
             Ending::Stop(reason) => Some(reason.clone()),
             Ending::Recycle(reason) => Some(format!("recycled by the supervisor ({reason})")),
@@ -215,7 +217,7 @@ impl std::fmt::Display for Ending {
 }
 
 /// Where Instances run. Each method is one step; none keeps state between calls.
-pub trait Launcher: Send + Sync + 'static {
+pub(crate) trait Launcher: Send + Sync + 'static {
     /// Launches an Instance and waits until it is ready; records its launch identity.
     fn launch(
         &self,
@@ -238,7 +240,7 @@ pub trait Launcher: Send + Sync + 'static {
 
 /// Instances as detached, confined processes on this machine.
 #[derive(Clone)]
-pub struct LocalLauncher {
+pub(crate) struct LocalLauncher {
     pub host: Arc<Host>,
 }
 

@@ -8,7 +8,7 @@ use super::{Host, Instance, Probed};
 use crate::instance::api::InstanceApi;
 
 /// One probe, each part with a short timeout; `/proc` and cgroup reads run off the async threads.
-pub async fn probe(host: &Host, instance: Instance) -> Probed {
+pub(crate) async fn probe(host: &Host, instance: Instance) -> Probed {
     let Instance {
         project,
         proc,
@@ -51,7 +51,7 @@ pub async fn probe(host: &Host, instance: Instance) -> Probed {
 }
 
 /// The sessions an Instance reports busy (`GET /session/status` lists only those).
-pub async fn busy_sessions(api: &InstanceApi) -> Vec<String> {
+pub(crate) async fn busy_sessions(api: &InstanceApi) -> Vec<String> {
     api.call(
         reqwest::Method::GET,
         "/session/status",

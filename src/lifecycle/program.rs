@@ -15,13 +15,17 @@ pub(super) async fn resolve_program(
     progress: &Progress,
 ) -> Result<std::path::PathBuf, OpError> {
     let program = find_program(host, env, progress).await?;
-    crate::trust::check_program(&program).map_err(|err| {
-        OpError::new(
-            ErrorCode::OpencodeUntrusted,
-            format!("refusing to run {}: {err}", program.display()),
-            err.fix,
-        )
-    })?;
+    let checked = program.clone();
+    tokio::task::spawn_blocking(move || crate::trust::check_program(&checked))
+        .await
+        .map_err(|err| OpError::internal(format!("checking the program: {err}")))?
+        .map_err(|err| {
+            OpError::new(
+                ErrorCode::OpencodeUntrusted,
+                format!("refusing to run {}: {err}", program.display()),
+                err.fix,
+            )
+        })?;
     let version = host
         .program_version(&program)
         .await
@@ -48,31 +52,34 @@ async fn find_program(
     env: &ProjectEnv,
     progress: &Progress,
 ) -> Result<std::path::PathBuf, OpError> {
-    let config = &host.config;
     let not_found =
         |err: binary::NotFound| OpError::new(ErrorCode::OpencodeNotFound, err.message, err.hint);
-    if let Some((program, _)) = binary::find(
-        env.opencode_bin.as_deref(),
-        config.opencode_bin.as_deref(),
-        &config.paths,
-    )
-    .map_err(not_found)?
-    {
+    if let Some(program) = find(host, env).await.map_err(not_found)? {
         return Ok(program);
     }
     let _guard = host.install_lock().lock().await;
-    if let Some((program, _)) = binary::find(
-        env.opencode_bin.as_deref(),
-        config.opencode_bin.as_deref(),
-        &config.paths,
-    )
-    .map_err(not_found)?
-    {
+    if let Some(program) = find(host, env).await.map_err(not_found)? {
         return Ok(program);
     }
     progress.step(format!(
         "opencode not found; installing opencode-ai@{} with npm (once)",
         crate::config::OPENCODE_VERSION
     ));
-    binary::install(&config.paths).await.map_err(not_found)
+    binary::install(&host.config.paths).await.map_err(not_found)
+}
+
+/// Looks for the program where a launch looks (stats files, so off the async threads).
+async fn find(
+    host: &Host,
+    env: &ProjectEnv,
+) -> Result<Option<std::path::PathBuf>, binary::NotFound> {
+    let own = env.opencode_bin.clone();
+    let configured = host.config.opencode_bin.clone();
+    let paths = host.config.paths.clone();
+    tokio::task::spawn_blocking(move || {
+        binary::find(own.as_deref(), configured.as_deref(), &paths)
+            .map(|found| found.map(|(program, _)| program))
+    })
+    .await
+    .unwrap_or(Ok(None))
 }

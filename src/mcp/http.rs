@@ -25,7 +25,7 @@ use crate::secrets::Secret;
 
 /// Where the HTTP server listens and which names it answers to.
 #[derive(Debug, Clone)]
-pub struct HttpOptions {
+pub(crate) struct HttpOptions {
     pub host: IpAddr,
     pub port: u16,
     /// Host names besides the loopback names and `host` (`--allowed-host`, `allowed_hosts`).
@@ -34,7 +34,7 @@ pub struct HttpOptions {
 
 /// The token clients must present: the environment's, else the home's token file (created on
 /// first use). A non-loopback address needs the environment's, of at least 32 characters.
-pub fn load_token(paths: &Paths, host: IpAddr) -> anyhow::Result<(Secret, TokenSource)> {
+pub(crate) fn load_token(paths: &Paths, host: IpAddr) -> anyhow::Result<(Secret, TokenSource)> {
     if !host.is_loopback()
         && std::env::var("OPENCODE_MANAGER_TOKEN")
             .ok()
@@ -50,7 +50,7 @@ pub fn load_token(paths: &Paths, host: IpAddr) -> anyhow::Result<(Secret, TokenS
 }
 
 /// The router: `/mcp` (authenticated) and `/health`, both behind the Host/Origin guard.
-pub fn router(
+pub(crate) fn router(
     paths: Paths,
     caller: CallerSettings,
     door: Arc<Door>,
@@ -85,7 +85,7 @@ pub fn router(
 }
 
 /// Serves until `cancel` fires.
-pub async fn serve(
+pub(crate) async fn serve(
     paths: Paths,
     caller: CallerSettings,
     options: HttpOptions,

@@ -6,8 +6,8 @@
 //! (`ENVIRONMENT`) are those of the `serve` process and travel with every request. In stdio mode
 //! stdout carries JSON-RPC only; logs go to stderr.
 
-pub mod http;
-pub mod tools;
+pub(crate) mod http;
+pub(crate) mod tools;
 
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{ServerHandler, ServiceExt, tool_handler};
@@ -17,14 +17,14 @@ use crate::ops::CallerSettings;
 
 /// The MCP server: one value per connection (stdio) or per HTTP session.
 #[derive(Clone)]
-pub struct McpServer {
+pub(crate) struct McpServer {
     paths: Paths,
     caller: CallerSettings,
     tool_router: rmcp::handler::server::router::tool::ToolRouter<McpServer>,
 }
 
 impl McpServer {
-    pub fn new(paths: Paths, caller: CallerSettings) -> McpServer {
+    pub(crate) fn new(paths: Paths, caller: CallerSettings) -> McpServer {
         #[allow(unused_mut)]
         let mut tool_router = McpServer::tool_router();
         // The benchmark's baseline tool exists only in test-support builds, and only on request,
@@ -60,7 +60,7 @@ impl ServerHandler for McpServer {
 }
 
 /// Serves MCP over stdin/stdout until the client closes stdin.
-pub async fn serve_stdio(paths: Paths, caller: CallerSettings) -> anyhow::Result<()> {
+pub(crate) async fn serve_stdio(paths: Paths, caller: CallerSettings) -> anyhow::Result<()> {
     let running = McpServer::new(paths, caller)
         .serve(rmcp::transport::stdio())
         .await?;

@@ -19,7 +19,7 @@ use crate::reply::{Reply, Status};
 
 /// Arguments of `opencode_start`.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct StartParams {
+pub(crate) struct StartParams {
     /// Project name: 1–64 ASCII letters, digits, '-' or '_', starting with a letter or digit.
     #[schemars(
         regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
@@ -36,7 +36,7 @@ pub struct StartParams {
 
 /// A project name.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct ProjectParams {
+pub(crate) struct ProjectParams {
     /// Project name, as given to opencode_start.
     #[schemars(
         regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
@@ -47,7 +47,7 @@ pub struct ProjectParams {
 
 /// Arguments of `opencode_destroy`.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct DestroyParams {
+pub(crate) struct DestroyParams {
     /// Project name, as given to opencode_start.
     #[schemars(
         regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
@@ -61,7 +61,7 @@ pub struct DestroyParams {
 
 /// Arguments of `opencode_logs`.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct LogsParams {
+pub(crate) struct LogsParams {
     /// Project whose OpenCode log to read; without it, the manager's own log.
     #[serde(default)]
     pub project_name: Option<String>,
@@ -260,7 +260,7 @@ impl McpServer {
 }
 
 /// The tool result for a reply.
-pub fn to_result(reply: &Reply) -> CallToolResult {
+pub(crate) fn to_result(reply: &Reply) -> CallToolResult {
     let structured = serde_json::to_value(reply).unwrap_or_default();
     let content = vec![
         ContentBlock::text(human_text(reply)),
@@ -276,7 +276,7 @@ pub fn to_result(reply: &Reply) -> CallToolResult {
 }
 
 /// A short human summary in the style of the original README's examples.
-pub fn human_text(reply: &Reply) -> String {
+pub(crate) fn human_text(reply: &Reply) -> String {
     let status = serde_json::to_value(reply.status())
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

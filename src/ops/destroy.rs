@@ -10,7 +10,7 @@ use super::{Failure, Manager};
 use crate::error::{ErrorCode, OpError};
 use crate::project::ProjectName;
 
-pub async fn destroy(
+pub(crate) async fn destroy(
     manager: &Manager,
     project_name: &str,
     force: bool,

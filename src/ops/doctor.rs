@@ -40,12 +40,12 @@ fn problem(line: String) -> Check {
 
 /// Every check's line, and how many are problems.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checks {
+pub(crate) struct Checks {
     pub lines: Vec<String>,
     pub problems: usize,
 }
 
-pub async fn doctor(host: &Host) -> Checks {
+pub(crate) async fn doctor(host: &Host) -> Checks {
     let config = &host.config;
     let (git, ssh, npm, detection) = tokio::join!(
         first_line(Path::new("git"), &["--version"]),
@@ -55,6 +55,10 @@ pub async fn doctor(host: &Host) -> Checks {
         host.limit_mechanism(),
     );
     let opencode = opencode_check(host, npm.is_ok()).await;
+    let paths = config.paths.clone();
+    let home = tokio::task::spawn_blocking(move || home_check(&paths))
+        .await
+        .unwrap_or_else(|err| problem(format!("home: the check failed ({err})")));
     let checks = [
         opencode,
         match git {
@@ -75,7 +79,7 @@ pub async fn doctor(host: &Host) -> Checks {
                 "npm: {why} (needed only when opencode must be installed)"
             )),
         },
-        home_check(&config.paths),
+        home,
         isolation_check(host),
         fine({
             let kind = match detection.mechanism {
@@ -100,7 +104,11 @@ pub async fn doctor(host: &Host) -> Checks {
 /// Finds `opencode` as a start would (without installing it) and asks its version.
 async fn opencode_check(host: &Host, npm_present: bool) -> Check {
     let config = &host.config;
-    let found = binary::find(None, config.opencode_bin.as_deref(), &config.paths);
+    let (configured, paths) = (config.opencode_bin.clone(), config.paths.clone());
+    let found =
+        tokio::task::spawn_blocking(move || binary::find(None, configured.as_deref(), &paths))
+            .await
+            .unwrap_or(Ok(None));
     let (bin, source) = match found {
         Ok(Some(found)) => found,
         Ok(None) => {

@@ -6,13 +6,13 @@ use crate::snapshot::ProjectView;
 
 /// Every Project, by name.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProjectList {
+pub(crate) struct ProjectList {
     pub projects: Vec<(String, ProjectView)>,
     /// Notices told once (a migrated state file).
     pub warnings: Vec<String>,
 }
 
-pub fn list(manager: &Manager) -> ProjectList {
+pub(crate) fn list(manager: &Manager) -> ProjectList {
     ProjectList {
         projects: manager.snapshot().projects.into_iter().collect(),
         warnings: manager.take_notices(),

@@ -5,18 +5,18 @@ use crate::error::OpError;
 use crate::project::ProjectName;
 
 /// Default and maximum number of lines returned.
-pub const DEFAULT_LINES: usize = 50;
-pub const MAX_LINES: usize = 2000;
+pub(crate) const DEFAULT_LINES: usize = 50;
+pub(crate) const MAX_LINES: usize = 2000;
 
 /// The end of a log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogTail {
+pub(crate) struct LogTail {
     pub project: Option<String>,
     pub path: String,
     pub lines: Vec<String>,
 }
 
-pub async fn logs(
+pub(crate) async fn logs(
     manager: &Manager,
     project_name: Option<&str>,
     lines: Option<usize>,

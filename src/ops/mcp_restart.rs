@@ -6,12 +6,12 @@ use crate::error::{ErrorCode, OpError};
 
 /// The reopened Gateway: its port and the running Projects.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Restarted {
+pub(crate) struct Restarted {
     pub port: u16,
     pub active_projects: usize,
 }
 
-pub async fn mcp_restart(manager: &Manager) -> Result<Restarted, OpError> {
+pub(crate) async fn mcp_restart(manager: &Manager) -> Result<Restarted, OpError> {
     let active_projects = manager.snapshot().running_count();
     if active_projects == 0 {
         let mut error = OpError::new(

@@ -7,13 +7,13 @@ use crate::snapshot::GatewayView;
 
 /// The Gateway, as `mcp_status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatewayStatus {
+pub(crate) struct GatewayStatus {
     pub view: GatewayView,
     pub port: u16,
     pub active_projects: usize,
 }
 
-pub fn mcp_status(manager: &Manager) -> GatewayStatus {
+pub(crate) fn mcp_status(manager: &Manager) -> GatewayStatus {
     let snapshot = manager.snapshot();
     GatewayStatus {
         view: snapshot.gateway.clone(),

@@ -8,18 +8,18 @@
 //! it. Operations return domain outcomes or an [`OpError`] (or [`Failure::NotFound`]); the reply
 //! a client sees is built at the door. They never print, and import nothing from `gateway`.
 
-pub mod destroy;
-pub mod doctor;
-pub mod list;
-pub mod logs;
-pub mod mcp_restart;
-pub mod mcp_status;
-pub mod restart;
-pub mod resume;
-pub mod start;
-pub mod status;
-pub mod stop;
-pub mod stop_mcp_tool;
+pub(crate) mod destroy;
+pub(crate) mod doctor;
+pub(crate) mod list;
+pub(crate) mod logs;
+pub(crate) mod mcp_restart;
+pub(crate) mod mcp_status;
+pub(crate) mod restart;
+pub(crate) mod resume;
+pub(crate) mod start;
+pub(crate) mod status;
+pub(crate) mod stop;
+pub(crate) mod stop_mcp_tool;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,7 +39,7 @@ use crate::supervisor::Handle;
 
 /// Settings that travel with each request: those of the process the user started, not the daemon's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CallerSettings {
+pub(crate) struct CallerSettings {
     /// The caller's `ENVIRONMENT` (`development`/`dev` selects dev mode).
     pub environment: Option<String>,
     /// Daemon-wide settings the caller has set (`OPENCODE_BIN`, `GLOBAL_MCP_TOOL_PORT`), so a
@@ -52,7 +52,7 @@ pub struct CallerSettings {
 
 impl CallerSettings {
     /// The settings of the current process.
-    pub fn from_env() -> CallerSettings {
+    pub(crate) fn from_env() -> CallerSettings {
         let set = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
         CallerSettings {
             environment: set("ENVIRONMENT"),
@@ -62,7 +62,7 @@ impl CallerSettings {
     }
 
     /// Warnings for daemon-wide settings that differ between this caller and the running daemon.
-    pub fn differences(&self, config: &Config) -> Vec<String> {
+    pub(crate) fn differences(&self, config: &Config) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(bin) = &self.opencode_bin
             && config.opencode_bin.as_deref() != Some(std::path::Path::new(bin))
@@ -83,7 +83,7 @@ impl CallerSettings {
         out
     }
 
-    pub fn mode(&self) -> Mode {
+    pub(crate) fn mode(&self) -> Mode {
         Mode::from_environment_var(self.environment.as_deref())
     }
 }
@@ -91,7 +91,7 @@ impl CallerSettings {
 /// Why an operation about one Project has no result: the Project does not exist (a status of
 /// its own, `not_found`, not an error), or an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     NotFound { project: String, known: Vec<String> },
     Error(OpError),
 }
@@ -103,7 +103,7 @@ impl From<OpError> for Failure {
 }
 
 /// What the Gateway task is asked by `mcp_restart` and `stop_mcp_tool`.
-pub enum GatewayRequest {
+pub(crate) enum GatewayRequest {
     /// Close and reopen; the reply is why it could not listen, if it could not.
     Restart(oneshot::Sender<Result<(), String>>),
     /// Close until a user starts a Project (or `mcp_restart`); the reply says whether it was open.
@@ -112,7 +112,7 @@ pub enum GatewayRequest {
 
 /// The daemon's handle on what operations use.
 #[derive(Clone)]
-pub struct Manager {
+pub(crate) struct Manager {
     inner: Arc<Inner>,
 }
 
@@ -131,7 +131,7 @@ struct Inner {
 type StartResult = Result<start::StartReply, OpError>;
 
 impl Manager {
-    pub fn new(
+    pub(crate) fn new(
         host: Arc<Host>,
         supervisor: Handle,
         snapshot: watch::Receiver<Snapshot>,
@@ -151,39 +151,42 @@ impl Manager {
         }
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.inner.host.config
     }
 
-    pub fn host(&self) -> &Arc<Host> {
+    pub(crate) fn host(&self) -> &Arc<Host> {
         &self.inner.host
     }
 
-    pub fn envs(&self) -> &EnvCache {
+    pub(crate) fn envs(&self) -> &EnvCache {
         &self.inner.host.envs
     }
 
-    pub fn supervisor(&self) -> &Handle {
+    pub(crate) fn supervisor(&self) -> &Handle {
         &self.inner.supervisor
     }
 
     /// The current snapshot.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         self.inner.snapshot.borrow().clone()
     }
 
     /// A receiver that sees every change of the snapshot.
-    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.inner.snapshot.clone()
     }
 
     /// Takes the pending notices; each is reported once.
-    pub fn take_notices(&self) -> Vec<String> {
+    pub(crate) fn take_notices(&self) -> Vec<String> {
         std::mem::take(&mut *self.inner.notices.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Waits for exclusive use of one Project.
-    pub async fn lock_project(&self, project: &ProjectName) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock_project(
+        &self,
+        project: &ProjectName,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self
                 .inner
@@ -199,7 +202,7 @@ impl Manager {
     }
 
     /// Names of all known Projects, for "not found" hints.
-    pub fn known_projects(&self) -> Vec<String> {
+    pub(crate) fn known_projects(&self) -> Vec<String> {
         self.inner
             .snapshot
             .borrow()

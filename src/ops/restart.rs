@@ -11,7 +11,7 @@ use super::{CallerSettings, Failure, Manager};
 use crate::lifecycle::Progress;
 use crate::project::ProjectName;
 
-pub async fn restart(
+pub(crate) async fn restart(
     manager: &Manager,
     project_name: &str,
     caller: CallerSettings,

@@ -4,7 +4,7 @@
 use super::Manager;
 use crate::project::ProjectName;
 
-pub async fn resume(manager: &Manager, project: &ProjectName) -> Result<u16, String> {
+pub(crate) async fn resume(manager: &Manager, project: &ProjectName) -> Result<u16, String> {
     manager.supervisor().touch(project.as_str());
     manager.supervisor().resume(project.clone()).await
 }

@@ -23,7 +23,7 @@ use crate::supervisor::Started;
 
 /// Arguments of `start`, as a client sends them.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     pub project_name: String,
     pub git_url: String,
     #[serde(default)]
@@ -32,7 +32,7 @@ pub struct StartArgs {
 
 /// What a start (or restart) did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StartReply {
+pub(crate) struct StartReply {
     pub project: String,
     pub outcome: StartOutcome,
     /// One sentence each: development mode, no usable provider, no isolation, the Gateway.
@@ -40,7 +40,7 @@ pub struct StartReply {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum StartOutcome {
+pub(crate) enum StartOutcome {
     Started(Running),
     AlreadyRunning(Running),
     /// A production `.env` was created: the user sets its secrets, then starts again.
@@ -58,7 +58,7 @@ pub enum StartOutcome {
 
 /// A running Project, as start and restart report it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Running {
+pub(crate) struct Running {
     pub pid: i32,
     pub port: u16,
     pub started_at: Option<String>,
@@ -71,7 +71,7 @@ pub struct Running {
 const ACCESS_TIMEOUT: Duration = Duration::from_secs(30);
 const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub async fn start(
+pub(crate) async fn start(
     manager: &Manager,
     args: StartArgs,
     caller: CallerSettings,

@@ -8,7 +8,7 @@ use crate::snapshot::ProjectView;
 
 /// One Project's status.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProjectStatus {
+pub(crate) struct ProjectStatus {
     pub project: String,
     pub view: ProjectView,
     /// Seconds since the Instance became ready, while it runs.
@@ -20,7 +20,7 @@ pub struct ProjectStatus {
     pub warnings: Vec<String>,
 }
 
-pub fn status(manager: &Manager, project_name: &str) -> Result<ProjectStatus, Failure> {
+pub(crate) fn status(manager: &Manager, project_name: &str) -> Result<ProjectStatus, Failure> {
     let project = ProjectName::parse(project_name)?;
     let snapshot = manager.snapshot();
     let Some(view) = snapshot.projects.get(project.as_str()).cloned() else {

@@ -8,12 +8,12 @@ use crate::project::ProjectName;
 
 /// What a stop did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stopped {
+pub(crate) struct Stopped {
     pub project: String,
     pub was_running: bool,
 }
 
-pub async fn stop(manager: &Manager, project_name: &str) -> Result<Stopped, Failure> {
+pub(crate) async fn stop(manager: &Manager, project_name: &str) -> Result<Stopped, Failure> {
     let project = ProjectName::parse(project_name)?;
     if !manager.snapshot().projects.contains_key(project.as_str()) {
         return Err(manager.not_found(&project));
@@ -32,7 +32,7 @@ pub async fn stop(manager: &Manager, project_name: &str) -> Result<Stopped, Fail
 }
 
 /// Stops every Project; returns the names of those that were running.
-pub async fn stop_all(manager: &Manager) -> Result<Vec<String>, OpError> {
+pub(crate) async fn stop_all(manager: &Manager) -> Result<Vec<String>, OpError> {
     let mut stopped = Vec::new();
     for name in manager.known_projects() {
         let Ok(project) = ProjectName::parse(&name) else {

@@ -5,7 +5,7 @@ use super::{GatewayRequest, Manager};
 use crate::error::{ErrorCode, OpError};
 
 /// Closes the Gateway; returns how many Projects run.
-pub async fn stop_mcp_tool(manager: &Manager) -> Result<usize, OpError> {
+pub(crate) async fn stop_mcp_tool(manager: &Manager) -> Result<usize, OpError> {
     let active = manager.snapshot().running_count();
     match manager.ask_gateway(GatewayRequest::Stop).await {
         Some(true) => Ok(active),

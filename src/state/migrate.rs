@@ -1,5 +1,5 @@
 //! Turns any state file's text into the current [`State`]: this program's own format as is, and the
-//! Python original's v1.0 and v1.1 files (`original-python.md` §7) by mapping them.
+//! Python original's v1.0 and v1.1 files (`tests/fixtures/`) by mapping them.
 //!
 //! Pure: no IO and no clock. Writing the backup and the migrated file is `store`'s job. A migration
 //! never adopts a recorded process, because a bare pid cannot be proven to be the same process, and it
@@ -16,7 +16,7 @@ use crate::timestamp;
 
 /// What a state file turned out to be.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Loaded {
+pub(crate) enum Loaded {
     /// Already this program's format; nothing to write back.
     Current(State),
     /// Mapped from an older format. `notes` are lines worth showing the user, one per finding.
@@ -29,7 +29,7 @@ pub enum Loaded {
 
 /// The older formats this program reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Generation {
+pub(crate) enum Generation {
     /// 1:1 layout: one MCP tool process per project, no `global_mcp_tool` key.
     PythonV1_0,
     /// N:1 layout: one global MCP tool under `global_mcp_tool`.
@@ -38,7 +38,7 @@ pub enum Generation {
 
 impl Generation {
     /// The release name the original used.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Generation::PythonV1_0 => "v1.0",
             Generation::PythonV1_1 => "v1.1",
@@ -48,7 +48,7 @@ impl Generation {
 
 /// Why a state file could not be read. Messages never quote the file's values.
 #[derive(Debug, thiserror::Error)]
-pub enum MigrateError {
+pub(crate) enum MigrateError {
     #[error("not valid JSON: {0}")]
     Json(serde_json::Error),
     #[error("{0}")]
@@ -61,7 +61,7 @@ pub enum MigrateError {
 const UNKNOWN_TIME: &str = "1970-01-01T00:00:00Z";
 
 /// Reads a state file of any known generation.
-pub fn from_json(text: &str) -> Result<Loaded, MigrateError> {
+pub(crate) fn from_json(text: &str) -> Result<Loaded, MigrateError> {
     let value: Value = serde_json::from_str(text).map_err(MigrateError::Json)?;
     let Value::Object(root) = value else {
         return Err(shape("the state file is not a JSON object"));
@@ -69,7 +69,7 @@ pub fn from_json(text: &str) -> Result<Loaded, MigrateError> {
     if let Some(version) = root.get("version") {
         return current(text, version);
     }
-    // The original had no version field; v1.1 is the one that added `global_mcp_tool` (§7.3).
+    // The original had no version field; v1.1 is the one that added `global_mcp_tool`.
     let from = if root.contains_key("global_mcp_tool") {
         Generation::PythonV1_1
     } else {
@@ -192,7 +192,7 @@ fn project(
     };
     let pid = opencode.pid("pid")?;
     let port = opencode.port("port")?;
-    // The original stored "unknown" before its first launch (§3 step 8).
+    // The original stored "unknown" before its first launch.
     let status = opencode.opt_string("status")?.unwrap_or("unknown");
     let last_error = opencode.opt_string("last_error")?;
     if !["starting", "running", "stopped", "failed", "unknown"].contains(&status) {
@@ -209,7 +209,7 @@ fn project(
             error: error.to_owned(),
             at: created_at.clone(),
         },
-        // The original never cleared a pid on stop (§7.4), so a stopped record's pid says nothing.
+        // The original never cleared a pid on stop, so a stopped record's pid says nothing.
         ("stopped" | "failed", _, _) | (_, _, None) => InstanceRecord::Stopped { last_exit: None },
         (_, _, Some(pid)) => {
             notes.push(format!(

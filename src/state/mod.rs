@@ -5,8 +5,8 @@
 //! original's v1.0 and v1.1 files into this shape. Types here are never sent to clients: replies
 //! are built by hand in `ops::reply`.
 
-pub mod migrate;
-pub mod store;
+pub(crate) mod migrate;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// The version written by this program. Files without a `version` field are the Python original's.
-pub const STATE_VERSION: u32 = 2;
+pub(crate) const STATE_VERSION: u32 = 2;
 
 /// The whole state file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     pub version: u32,
     #[serde(default)]
     pub projects: BTreeMap<String, ProjectRecord>,
@@ -44,7 +44,7 @@ impl Default for State {
 
 /// What is known about one Project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProjectRecord {
+pub(crate) struct ProjectRecord {
     pub project_name: String,
     pub sandbox_dir: PathBuf,
     pub git_url: String,
@@ -66,7 +66,7 @@ pub struct ProjectRecord {
 /// The user's intent for a Project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Desired {
+pub(crate) enum Desired {
     Running,
     #[default]
     Stopped,
@@ -83,7 +83,7 @@ pub struct ProcIdentity {
 /// The recorded lifecycle of a Project's Instance. Each variant carries what is valid in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum InstanceRecord {
+pub(crate) enum InstanceRecord {
     /// No process; `last_exit` says how the previous one ended, when known.
     Stopped {
         #[serde(default)]
@@ -109,7 +109,7 @@ pub enum InstanceRecord {
 
 impl InstanceRecord {
     /// The process this record claims, if any.
-    pub fn proc(&self) -> Option<(ProcIdentity, &str)> {
+    pub(crate) fn proc(&self) -> Option<(ProcIdentity, &str)> {
         match self {
             InstanceRecord::Starting {
                 proc, launch_id, ..
@@ -124,7 +124,7 @@ impl InstanceRecord {
     }
 
     /// The status word the original used for the nested `opencode.status` key.
-    pub fn status_word(&self) -> &'static str {
+    pub(crate) fn status_word(&self) -> &'static str {
         match self {
             InstanceRecord::Stopped { .. } => "stopped",
             InstanceRecord::Starting { .. } => "starting",
@@ -137,7 +137,7 @@ impl InstanceRecord {
 
 /// The gateway's recorded facts (filled in by the gateway; the core only carries it through).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GatewayRecord {
+pub(crate) struct GatewayRecord {
     #[serde(default)]
     pub port: Option<u16>,
     #[serde(default)]
@@ -150,7 +150,7 @@ pub struct GatewayRecord {
 
 /// A v1.0 per-project MCP tool process found in a migrated state file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LegacyMcpTool {
+pub(crate) struct LegacyMcpTool {
     pub project_name: String,
     #[serde(default)]
     pub pid: Option<i32>,
@@ -160,7 +160,7 @@ pub struct LegacyMcpTool {
 
 impl State {
     /// Ports recorded for Projects other than `except`: a new Project never takes one of these.
-    pub fn reserved_ports(&self, except: &str) -> Vec<u16> {
+    pub(crate) fn reserved_ports(&self, except: &str) -> Vec<u16> {
         self.projects
             .iter()
             .filter(|(name, _)| name.as_str() != except)

@@ -20,7 +20,7 @@ use crate::error::ErrorCode;
 
 /// A state file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("state file {path} is unusable: {reason}")]
     Unusable { path: PathBuf, reason: String },
     #[error("{action} {path}: {source}")]
@@ -32,7 +32,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             StoreError::Unusable { .. } => ErrorCode::StateCorrupt,
             StoreError::Io { .. } => ErrorCode::Internal,
@@ -42,7 +42,7 @@ impl StoreError {
 
 /// The in-memory state and its file.
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct Store {
     path: PathBuf,
     lock_path: PathBuf,
     // A std mutex: held to change and serialise the state, never across an `.await` nor a write.
@@ -55,20 +55,20 @@ pub struct Store {
 
 /// A change made in memory, to be written.
 #[derive(Debug)]
-pub struct PendingWrite {
+pub(crate) struct PendingWrite {
     text: Vec<u8>,
     number: u64,
 }
 
 /// What happened while opening, for the log and for replies.
 #[derive(Debug, Default)]
-pub struct OpenReport {
+pub(crate) struct OpenReport {
     pub notices: Vec<String>,
 }
 
 impl Store {
     /// Loads the state file, migrating or moving aside what needs it.
-    pub fn open(paths: &Paths) -> Result<(Store, OpenReport), StoreError> {
+    pub(crate) fn open(paths: &Paths) -> Result<(Store, OpenReport), StoreError> {
         let path = paths.state_file();
         let lock_path = paths.state_lock();
         let mut report = OpenReport::default();
@@ -130,7 +130,7 @@ impl Store {
     }
 
     /// A copy of the current state.
-    pub fn snapshot(&self) -> State {
+    pub(crate) fn snapshot(&self) -> State {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -140,7 +140,10 @@ impl Store {
 
     /// Applies `change` in memory at once, then persists it (on a blocking thread) before
     /// returning. A failed write leaves the change in memory; the next write carries it.
-    pub async fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> Result<R, StoreError> {
+    pub(crate) async fn update<R>(
+        &self,
+        change: impl FnOnce(&mut State) -> R,
+    ) -> Result<R, StoreError> {
         let (out, pending) = self.change(change)?;
         if let Some(pending) = pending {
             self.write(pending).await?;
@@ -150,7 +153,7 @@ impl Store {
 
     /// Applies `change` in memory now; the returned write (if anything changed) persists it.
     /// For a caller that must not wait (the Supervisor), which hands the write to a task.
-    pub fn change<R>(
+    pub(crate) fn change<R>(
         &self,
         change: impl FnOnce(&mut State) -> R,
     ) -> Result<(R, Option<PendingWrite>), StoreError> {
@@ -176,7 +179,7 @@ impl Store {
     }
 
     /// Persists a change made with [`Store::change`], unless a later one is on disk already.
-    pub async fn write(&self, pending: PendingWrite) -> Result<(), StoreError> {
+    pub(crate) async fn write(&self, pending: PendingWrite) -> Result<(), StoreError> {
         let PendingWrite { text, number } = pending;
         let mut written = self.written.lock().await;
         if *written >= number {

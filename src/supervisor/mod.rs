@@ -27,7 +27,7 @@ use crate::snapshot::{ProviderView, Snapshot};
 
 /// A ready Instance, as a start or restart reports it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Started {
+pub(crate) struct Started {
     pub pid: i32,
     pub port: u16,
     pub started_at: String,
@@ -72,7 +72,7 @@ pub(crate) enum Command {
 
 /// The actor's address. Cheap to clone.
 #[derive(Clone)]
-pub struct Handle {
+pub(crate) struct Handle {
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -86,7 +86,7 @@ fn gone() -> OpError {
 
 impl Handle {
     /// Launches the Project's Instance (the user wants it running) and waits until it is ready.
-    pub async fn start(
+    pub(crate) async fn start(
         &self,
         project: ProjectName,
         env: Arc<ProjectEnv>,
@@ -103,7 +103,7 @@ impl Handle {
     }
 
     /// Ends the Project's Instance and launches it again; waits until it is ready.
-    pub async fn restart(
+    pub(crate) async fn restart(
         &self,
         project: ProjectName,
         env: Arc<ProjectEnv>,
@@ -121,7 +121,7 @@ impl Handle {
 
     /// Stops the Project (for good: the Supervisor will not start it again); returns whether an
     /// Instance was running.
-    pub async fn stop(&self, project: ProjectName, reason: &str) -> bool {
+    pub(crate) async fn stop(&self, project: ProjectName, reason: &str) -> bool {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Stop {
             project,
@@ -132,7 +132,7 @@ impl Handle {
     }
 
     /// The port of a Project the Gateway needs, starting it first if it is parked.
-    pub async fn resume(&self, project: ProjectName) -> Result<u16, String> {
+    pub(crate) async fn resume(&self, project: ProjectName) -> Result<u16, String> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Resume { project, reply });
         answer
@@ -141,19 +141,19 @@ impl Handle {
     }
 
     /// Records activity on a Project (a Gateway call for it).
-    pub fn touch(&self, project: &str) {
+    pub(crate) fn touch(&self, project: &str) {
         self.send(Command::Touch {
             project: project.to_owned(),
         });
     }
 
     /// Makes a new Project known (shown in the snapshot).
-    pub fn register(&self, project: ProjectName) {
+    pub(crate) fn register(&self, project: ProjectName) {
         self.send(Command::Register { project });
     }
 
     /// Forgets a destroyed Project.
-    pub fn forget(&self, project: &str) {
+    pub(crate) fn forget(&self, project: &str) {
         self.send(Command::Forget {
             project: project.to_owned(),
         });
@@ -167,7 +167,7 @@ impl Handle {
 
 /// Starts the actor and returns once it has adopted what an earlier daemon left running; it then
 /// serves until `cancel` fires, publishing into `snapshot`.
-pub async fn spawn<L: Launcher>(
+pub(crate) async fn spawn<L: Launcher>(
     host: Arc<Host>,
     launcher: Arc<L>,
     snapshot: Arc<watch::Sender<Snapshot>>,

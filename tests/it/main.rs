@@ -16,3 +16,4 @@ mod mcp;
 mod readme;
 mod supervisor;
 mod support;
+mod tidy;
