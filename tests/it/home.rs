@@ -92,6 +92,11 @@ impl TestHome {
         self.extra_env.push((key.into(), value.into()));
     }
 
+    /// Removes a variable `env` added.
+    pub fn unset_env(&mut self, key: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

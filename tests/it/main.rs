@@ -17,3 +17,4 @@ mod readme;
 mod supervisor;
 mod support;
 mod tidy;
+mod upgrade;
