@@ -17,9 +17,24 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt as _;
 use subtle::ConstantTimeEq as _;
 
 use crate::secrets::Secret;
+
+/// The listener every HTTP door serves from: each accepted connection sets `TCP_NODELAY`, so a
+/// reply written in pieces (an SSE stream's event, then its end) goes out at once instead of
+/// waiting, by Nagle's algorithm, for the client's delayed ACK (about 40 ms per call with a
+/// keep-alive client such as httpx).
+pub(crate) fn without_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {err}");
+        }
+    })
+}
 
 /// What a token may reach.
 #[derive(Debug, Clone, PartialEq, Eq)]

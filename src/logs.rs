@@ -72,8 +72,10 @@ pub(crate) fn init_daemon_log(path: &Path) -> io::Result<()> {
         .append(true)
         .mode(0o600)
         .open(path)?;
+    // rmcp says `info` for every MCP session it serves (each stateless Gateway request is one):
+    // the log keeps the daemon's own events, and rmcp's warnings.
     let filter = tracing_subscriber::EnvFilter::try_from_env("OPENCODE_MANAGER_LOG")
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,rmcp=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

@@ -147,10 +147,9 @@ pub(crate) enum GatewayView {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn view(desired: Desired, state: InstanceState, pid: Option<i32>) -> ProjectView {
+impl ProjectView {
+    /// A view with these parts and nothing else, for tests.
+    pub(crate) fn example(desired: Desired, state: InstanceState, pid: Option<i32>) -> ProjectView {
         ProjectView {
             desired,
             state,
@@ -173,6 +172,11 @@ mod tests {
             sandbox_dir: PathBuf::new(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn the_gateway_is_wanted_while_a_project_is_wanted_and_not_failed() {
@@ -188,7 +192,7 @@ mod tests {
         ] {
             snapshot
                 .projects
-                .insert("p".into(), view(desired, state, pid));
+                .insert("p".into(), ProjectView::example(desired, state, pid));
             assert_eq!(snapshot.gateway_wanted(), wanted, "{desired:?} {state:?}");
         }
     }

@@ -35,6 +35,9 @@ struct Server {
     no_providers: bool,
     /// The detached child of `child` mode, killed by `POST /global/dispose`.
     child: Mutex<Option<Child>>,
+    /// In `wedge` mode, when it stops answering, on new and kept-alive connections alike (as an
+    /// event loop that hangs does).
+    wedged_at: Option<std::time::Instant>,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         }
     }
     let password = std::env::var("OPENCODE_SERVER_PASSWORD").unwrap_or_default();
+    let wedged_at = std::time::Instant::now() + delay(500);
     let server = Arc::new(Server {
         auth: (!password.is_empty()).then(|| {
             format!(
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         }),
         no_providers: std::env::var("FAKE_OPENCODE_NO_PROVIDERS").is_ok_and(|v| v == "1"),
         child: Mutex::new(None),
+        wedged_at: (mode == "wedge").then_some(wedged_at),
     });
     if mode == "child" {
         match spawn_detached_child() {
@@ -135,7 +140,6 @@ fn main() -> ExitCode {
             }
         });
     }
-    let wedged_at = std::time::Instant::now() + delay(500);
     let mut held = Vec::new();
     for stream in listener.incoming().flatten() {
         if mode == "hang" || (mode == "wedge" && std::time::Instant::now() >= wedged_at) {
@@ -207,6 +211,15 @@ fn serve_connection(server: &Server, stream: TcpStream) {
         }
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if server
+            .wedged_at
+            .is_some_and(|at| std::time::Instant::now() >= at)
+        {
+            // Hold the connection open and never answer.
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
             return;
         }
         let path = target.split('?').next().unwrap_or("");

@@ -23,7 +23,10 @@ pub(super) async fn dispatch(manager: Manager, envelope: Envelope, progress: Pro
                 gateway_port: manager.config().gateway_port,
             };
         }
-        Request::Start(args) => start(ops::start::start(manager, args, caller, progress).await),
+        Request::Start(args) => start(
+            ops::start::start(manager, args, caller, progress).await,
+            Begun::Started,
+        ),
         Request::Status { project_name } => {
             looked_up(ops::status::status(manager, &project_name), status)
         }
@@ -50,7 +53,7 @@ pub(super) async fn dispatch(manager: Manager, envelope: Envelope, progress: Pro
         },
         Request::Restart { project_name } => {
             match ops::restart::restart(manager, &project_name, caller, progress).await {
-                Ok(reply) => start(Ok(reply)),
+                Ok(reply) => start(Ok(reply), Begun::Restarted),
                 Err(failure) => not_found_or(failure),
             }
         }
@@ -129,7 +132,13 @@ fn not_found_or(failure: Failure) -> Reply {
     }
 }
 
-fn start(result: Result<StartReply, OpError>) -> Reply {
+/// Which operation launched the Instance a start reply reports.
+enum Begun {
+    Started,
+    Restarted,
+}
+
+fn start(result: Result<StartReply, OpError>, begun: Begun) -> Reply {
     let StartReply {
         project,
         outcome,
@@ -141,7 +150,10 @@ fn start(result: Result<StartReply, OpError>) -> Reply {
     let reply = match outcome {
         StartOutcome::Started(running) => running_reply(
             Status::Success,
-            &format!("Project {project} started successfully"),
+            &match begun {
+                Begun::Started => format!("Project {project} started successfully"),
+                Begun::Restarted => "Project restarted".to_owned(),
+            },
             running,
             true,
         ),
@@ -247,9 +259,8 @@ fn status(status: ops::status::ProjectStatus) -> Reply {
     reply.created_at = Some(view.created_at.clone());
     reply.last_health_check = view.last_health_check.clone();
     reply.started_at = view.started_at.clone();
-    if !alive {
-        reply.last_exit = view.last_exit.clone();
-    }
+    // How the previous Instance ended stays visible after the next one is up (a recycle, a crash).
+    reply.last_exit = view.last_exit.clone();
     reply.last_error = view
         .last_error
         .clone()

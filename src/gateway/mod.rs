@@ -23,7 +23,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::middleware;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::sync::{mpsc, watch};
@@ -331,10 +330,7 @@ async fn bind_and_serve(manager: &Manager, port: u16) -> std::io::Result<in_flig
     );
     let shutdown = serving.accept.clone();
     tokio::spawn(async move {
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let served = axum::serve(listener, app)
+        let served = axum::serve(crate::front_door::without_delay(listener), app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(err) = served {

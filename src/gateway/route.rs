@@ -9,47 +9,83 @@ use crate::front_door::Scope;
 use crate::instance::api::{ApiError, InstanceApi};
 use crate::ops::Manager;
 use crate::project::ProjectName;
-use crate::snapshot::InstanceState;
+use crate::snapshot::{InstanceState, Snapshot};
 
-/// The Project a call is for, and a client for its Instance. Routed from the snapshot; a
-/// parked Project (or one starting) is started, or its start joined, before the call.
+/// Where a call goes, as the snapshot says.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// Its Instance runs on this port.
+    Running(ProjectName, u16),
+    /// Parked, or being started: start it (or join that start) first.
+    Resume(ProjectName),
+}
+
+/// The Project a call is for, and a client for its Instance. Routed from the snapshot (read in
+/// place, never copied); a parked Project (or one starting) is started, or its start joined,
+/// before the call.
 pub(super) async fn target(
     manager: &Manager,
     scope: &Scope,
     server: Option<String>,
 ) -> Result<(String, InstanceApi), String> {
-    let snapshot = manager.snapshot();
+    let route = decide(&manager.subscribe().borrow(), scope, server)?;
+    let (project, port) = match route {
+        Route::Running(project, port) => {
+            manager.supervisor().touch(project.as_str());
+            (project, port)
+        }
+        Route::Resume(project) => {
+            let port = crate::ops::resume::resume(manager, &project).await?;
+            (project, port)
+        }
+    };
+    let env = manager
+        .envs()
+        .get(project.as_str())
+        .ok_or_else(|| format!("the .env of project {project} is missing or invalid"))?;
+    Ok((
+        project.to_string(),
+        InstanceApi::new(port, env.password.clone()),
+    ))
+}
+
+/// Resolves `server` within `scope`: the named Project, the token's own, or the only one
+/// serving; and refuses what the scope does not reach, naming nothing beyond it.
+fn decide(snapshot: &Snapshot, scope: &Scope, server: Option<String>) -> Result<Route, String> {
+    // A parked Project counts: it is started on demand.
     let serving = |state: InstanceState| {
-        // A parked Project counts: it is started on demand.
         matches!(
             state,
             InstanceState::Running | InstanceState::Unhealthy | InstanceState::Idle
         )
     };
-    let running: Vec<String> = snapshot
-        .projects
-        .iter()
-        .filter(|(_, view)| serving(view.state))
-        .map(|(name, _)| name.clone())
-        .collect();
     let name = match (server, scope) {
         (Some(name), _) => name,
         (None, Scope::Project(own)) => own.clone(),
-        (None, Scope::All) => match running.as_slice() {
-            [only] => only.clone(),
-            [] => {
-                return Err(format!(
-                    "No OpenCode server is running. Available servers: {}",
-                    list(snapshot.projects.keys())
-                ));
+        (None, Scope::All) => {
+            let running: Vec<&String> = snapshot
+                .projects
+                .iter()
+                .filter(|(_, view)| serving(view.state))
+                .map(|(name, _)| name)
+                .collect();
+            match running.as_slice() {
+                [only] => (*only).clone(),
+                [] => {
+                    return Err(format!(
+                        "No OpenCode server is running. Available servers: {}",
+                        list(snapshot.projects.keys())
+                    ));
+                }
+                many => {
+                    let names: Vec<&str> = many.iter().map(|n| n.as_str()).collect();
+                    return Err(format!(
+                        "Several OpenCode servers are running; pass server, one of: {}",
+                        names.join(", ")
+                    ));
+                }
             }
-            many => {
-                return Err(format!(
-                    "Several OpenCode servers are running; pass server, one of: {}",
-                    many.join(", ")
-                ));
-            }
-        },
+        }
     };
     // A project's token learns nothing about other projects, not even their names.
     if let Scope::Project(own) = scope
@@ -57,36 +93,27 @@ pub(super) async fn target(
     {
         return Err(format!("this token reaches only project {own}, not {name}"));
     }
-    let Some(view) = ProjectName::parse(&name)
-        .ok()
-        .and_then(|p| snapshot.projects.get(p.as_str()))
-    else {
+    let found = ProjectName::parse(&name).ok().and_then(|project| {
+        snapshot
+            .projects
+            .get(project.as_str())
+            .map(|view| (project, view))
+    });
+    let Some((project, view)) = found else {
         return Err(format!(
             "OpenCode server not found: \"{name}\". Available servers: {}",
             list(snapshot.projects.keys())
         ));
     };
-    let project = ProjectName::parse(&name).map_err(|err| err.message)?;
-    let port = match (view.state, view.port) {
+    match (view.state, view.port) {
         (InstanceState::Running | InstanceState::Unhealthy, Some(port)) => {
-            manager.supervisor().touch(&name);
-            port
+            Ok(Route::Running(project, port))
         }
-        // Parked for lack of activity, or being started: wait for that start.
-        (InstanceState::Idle | InstanceState::Starting, _) => {
-            crate::ops::resume::resume(manager, &project).await?
-        }
-        _ => {
-            return Err(format!(
-                "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
-            ));
-        }
-    };
-    let env = manager
-        .envs()
-        .get(project.as_str())
-        .ok_or_else(|| format!("the .env of project {name} is missing or invalid"))?;
-    Ok((name, InstanceApi::new(port, env.password.clone())))
+        (InstanceState::Idle | InstanceState::Starting, _) => Ok(Route::Resume(project)),
+        _ => Err(format!(
+            "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
+        )),
+    }
 }
 
 /// Turns a failed call into a message that says what happened to the Project.
@@ -116,5 +143,82 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
         "none".into()
     } else {
         names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::ProjectView;
+    use crate::state::Desired;
+
+    fn snapshot(projects: &[(&str, InstanceState, Option<u16>)]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for (name, state, port) in projects {
+            let mut view = ProjectView::example(Desired::Running, *state, None);
+            view.port = *port;
+            snapshot.projects.insert((*name).to_owned(), view);
+        }
+        snapshot
+    }
+
+    fn name(n: &str) -> ProjectName {
+        ProjectName::parse(n).expect("name")
+    }
+
+    #[test]
+    fn a_call_goes_to_the_named_project_or_the_only_one_serving() {
+        let one = snapshot(&[
+            ("a", InstanceState::Running, Some(4101)),
+            ("b", InstanceState::Stopped, None),
+        ]);
+        assert_eq!(
+            decide(&one, &Scope::All, None),
+            Ok(Route::Running(name("a"), 4101))
+        );
+        assert_eq!(
+            decide(&one, &Scope::All, Some("a".into())),
+            Ok(Route::Running(name("a"), 4101))
+        );
+        let err = decide(&one, &Scope::All, Some("b".into())).expect_err("stopped");
+        assert!(err.starts_with("project b is not running"), "{err}");
+        let err = decide(&one, &Scope::All, Some("zz".into())).expect_err("unknown");
+        assert_eq!(
+            err,
+            "OpenCode server not found: \"zz\". Available servers: a, b"
+        );
+        let two = snapshot(&[
+            ("a", InstanceState::Running, Some(1)),
+            ("b", InstanceState::Idle, None),
+        ]);
+        let err = decide(&two, &Scope::All, None).expect_err("ambiguous");
+        assert_eq!(
+            err,
+            "Several OpenCode servers are running; pass server, one of: a, b"
+        );
+        assert_eq!(
+            decide(&two, &Scope::All, Some("b".into())),
+            Ok(Route::Resume(name("b")))
+        );
+        let none = snapshot(&[]);
+        let err = decide(&none, &Scope::All, None).expect_err("nothing");
+        assert_eq!(
+            err,
+            "No OpenCode server is running. Available servers: none"
+        );
+    }
+
+    #[test]
+    fn a_project_token_reaches_its_own_project_and_names_no_other() {
+        let two = snapshot(&[
+            ("a", InstanceState::Running, Some(1)),
+            ("b", InstanceState::Running, Some(2)),
+        ]);
+        let own = Scope::Project("b".into());
+        assert_eq!(decide(&two, &own, None), Ok(Route::Running(name("b"), 2)));
+        let err = decide(&two, &own, Some("a".into())).expect_err("other project");
+        assert_eq!(err, "this token reaches only project b, not a");
+        let err = decide(&two, &own, Some("zz".into())).expect_err("unknown");
+        assert_eq!(err, "this token reaches only project b, not zz");
     }
 }

@@ -31,14 +31,19 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub(crate) struct GatewayServer {
     manager: Manager,
-    tool_router: ToolRouter<GatewayServer>,
+    tool_router: std::sync::Arc<ToolRouter<GatewayServer>>,
 }
 
 impl GatewayServer {
+    /// One per session, or per request for stateless clients: the router (its tools' schemas and
+    /// name checks) is built once and shared.
     pub(crate) fn new(manager: Manager) -> GatewayServer {
+        static ROUTER: std::sync::OnceLock<std::sync::Arc<ToolRouter<GatewayServer>>> =
+            std::sync::OnceLock::new();
+        let router = ROUTER.get_or_init(|| std::sync::Arc::new(GatewayServer::tool_router()));
         GatewayServer {
             manager,
-            tool_router: GatewayServer::tool_router(),
+            tool_router: router.clone(),
         }
     }
 }

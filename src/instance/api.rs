@@ -11,6 +11,23 @@ use serde::Deserialize;
 
 use crate::secrets::Secret;
 
+/// The one HTTP client of the process: its pool keeps connections to each Instance alive between
+/// calls (a Gateway call reuses one instead of connecting and closing each time). Credentials
+/// are per request, so sharing the pool shares nothing between Projects.
+fn shared_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            // Building a client with only these options cannot fail except on a broken TLS
+            // backend, which is not built in.
+            .expect("building an HTTP client")
+    })
+}
+
 /// A client for one Instance.
 #[derive(Clone)]
 pub struct InstanceApi {
@@ -45,14 +62,8 @@ pub struct ProviderInfo {
 
 impl InstanceApi {
     pub fn new(port: u16, password: Secret) -> InstanceApi {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            // Building a client with only these options cannot fail except on a broken TLS backend, which we do not use.
-            .expect("building an HTTP client");
         InstanceApi {
-            http,
+            http: shared_client().clone(),
             base: format!("http://127.0.0.1:{port}"),
             password,
         }

@@ -114,7 +114,7 @@ pub(crate) async fn serve(
         token,
     );
     let app = router(paths, caller, door, cancel.clone());
-    axum::serve(listener, app)
+    axum::serve(front_door::without_delay(listener), app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
         .context("serving HTTP")

@@ -337,6 +337,10 @@ fn the_gateway_serves_the_sessions_of_two_projects_within_each_tokens_scope() {
             std::net::TcpListener::bind(("127.0.0.1", old_port)).expect("hold beta's port");
         let restarted = home.run(&["restart", "beta"]);
         assert_eq!(restarted.status(), "success", "{restarted:?}");
+        assert_eq!(
+            restarted.json["message"], "Project restarted",
+            "{restarted:?}"
+        );
         assert_ne!(
             restarted.json["opencode_port"].as_u64(),
             Some(u64::from(old_port))

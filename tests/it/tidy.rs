@@ -319,13 +319,13 @@ fn protocol_crates_stay_at_the_doors() {
     let rmcp = sources()
         .iter()
         .filter(|s| !in_files(&["mcp/", "gateway/"], &s.path))
-        .flat_map(|s| s.find("rmcp"))
+        .flat_map(|s| s.find("rmcp::"))
         .collect();
     assert_none("rmcp outside mcp/ and gateway/", rmcp);
     let axum = sources()
         .iter()
         .filter(|s| !in_files(&["mcp/http.rs", "gateway/", "front_door.rs"], &s.path))
-        .flat_map(|s| s.find("axum"))
+        .flat_map(|s| s.find("axum::"))
         .collect();
     assert_none("axum outside mcp/http.rs, gateway/ and front_door.rs", axum);
 }

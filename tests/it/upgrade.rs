@@ -74,5 +74,8 @@ fn a_newer_daemon_is_left_alone_and_the_client_says_so() {
 
     // The newer client still reaches it.
     home.env("OCM_TEST_VERSION", "9.9.9");
-    assert_eq!(home.run(&["status", "p"]).json["opencode"]["status"], "running");
+    assert_eq!(
+        home.run(&["status", "p"]).json["opencode"]["status"],
+        "running"
+    );
 }

@@ -102,7 +102,14 @@ pub(super) async fn run<L: Launcher>(
             deadline.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std),
         );
         tokio::select! {
-            Some(command) = inbox.recv() => actor.command(command),
+            Some(command) = inbox.recv() => {
+                // Activity (one per Gateway call) changes nothing anyone sees: no publish.
+                let seen = !matches!(command, Command::Touch { .. });
+                actor.command(command);
+                if !seen {
+                    continue;
+                }
+            }
             Some(event) = outbox.recv() => actor.event(event),
             () = sleep, if deadline.is_some() => actor.deadlines(),
             () = cancel.cancelled() => break,

@@ -9,7 +9,7 @@ use super::{Actor, Event, now};
 use crate::error::{ErrorCode, OpError};
 use crate::lifecycle::launch::ASSUMED_INSTANCE_MEMORY;
 use crate::lifecycle::{Ending, LaunchRequest, Launcher, Progress};
-use crate::policy::{self, Action, Observation, Policy};
+use crate::policy::{self, Action, Observation, Phase, Policy};
 use crate::project::ProjectName;
 use crate::state::Desired;
 use crate::supervisor::tracked::{LaunchPlan, Process, Then};
@@ -26,7 +26,15 @@ impl<L: Launcher> Actor<L> {
             return;
         }
         let jitter = f64::from(crate::secrets::random_u16()) / 65536.0;
-        let actions = policy::decide(&mut t.supervised, observation, now(), &policy, jitter);
+        let was_waiting = matches!(t.supervised.phase, Phase::Backoff { .. });
+        let now = now();
+        let actions = policy::decide(&mut t.supervised, observation, now, &policy, jitter);
+        if let Phase::Backoff { until } = t.supervised.phase
+            && !was_waiting
+        {
+            let backoff_ms = until.saturating_duration_since(now).as_millis();
+            tracing::info!(project = %name, backoff_ms, "starting opencode again after the backoff");
+        }
         for action in actions {
             self.act(name, action);
         }
