@@ -83,6 +83,10 @@ impl Paths {
     pub fn manager_log(&self) -> PathBuf {
         self.logs_dir().join("manager.log")
     }
+    /// One JSON line per state-changing call.
+    pub fn audit_log(&self) -> PathBuf {
+        self.logs_dir().join("audit.log")
+    }
     pub fn gateway_log(&self) -> PathBuf {
         self.logs_dir().join("global-mcp-tool.log")
     }
@@ -143,6 +147,8 @@ struct FileConfig {
     port_min: Option<u16>,
     port_max: Option<u16>,
     gateway_port: Option<u16>,
+    dashboard_port: Option<u16>,
+    dashboard_host: Option<std::net::IpAddr>,
     linger_secs: Option<u64>,
     ready_timeout_secs: Option<u64>,
     allow_https: Option<bool>,
@@ -167,11 +173,13 @@ struct FileConfig {
 /// The top-level keys of the config file. A key with one of these names under `[instance_env]`
 /// was almost certainly meant for the top level (TOML puts every key after a table header into
 /// that table), so it is warned about.
-const TOP_LEVEL_KEYS: [&str; 19] = [
+const TOP_LEVEL_KEYS: [&str; 21] = [
     "opencode_bin",
     "port_min",
     "port_max",
     "gateway_port",
+    "dashboard_port",
+    "dashboard_host",
     "linger_secs",
     "ready_timeout_secs",
     "allow_https",
@@ -210,6 +218,10 @@ pub struct Config {
     pub opencode_bin: Option<PathBuf>,
     pub port_range: RangeInclusive<u16>,
     pub gateway_port: u16,
+    /// The dashboard's port (0: no dashboard).
+    pub dashboard_port: u16,
+    /// The address the dashboard binds (loopback unless configured).
+    pub dashboard_host: std::net::IpAddr,
     /// How long the daemon stays with no running Project before it exits.
     pub linger: Duration,
     /// How long an Instance may take to become ready.
@@ -266,6 +278,12 @@ impl Config {
             Some(p) => u16::try_from(p).context("GLOBAL_MCP_TOOL_PORT is not a port number")?,
             None => file.gateway_port.unwrap_or(3005),
         };
+        let dashboard_port = match env_number("OPENCODE_MANAGER_DASHBOARD_PORT")? {
+            Some(p) => {
+                u16::try_from(p).context("OPENCODE_MANAGER_DASHBOARD_PORT is not a port number")?
+            }
+            None => file.dashboard_port.unwrap_or(3006),
+        };
         let mut warnings = Vec::new();
         for key in file.instance_env.keys() {
             if !crate::envfile::valid_key(key) {
@@ -316,6 +334,10 @@ impl Config {
             opencode_bin: env("OPENCODE_BIN").map(PathBuf::from).or(file.opencode_bin),
             port_range: port_min..=port_max,
             gateway_port,
+            dashboard_port,
+            dashboard_host: file
+                .dashboard_host
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
             linger: Duration::from_secs(
                 env_number("OPENCODE_MANAGER_LINGER_SECS")?
                     .or(file.linger_secs)

@@ -40,6 +40,12 @@ pub enum ErrorCode {
     Unauthorized,
     // The daemon runs a newer version than the client.
     VersionMismatch,
+    // The dashboard is turned off or could not listen.
+    DashboardUnavailable,
+    // A request's argument is not one of the values it accepts.
+    InvalidRequest,
+    // The operation needs the Project's Instance running, and it is not.
+    ProjectNotRunning,
     Internal,
 }
 
@@ -52,6 +58,7 @@ impl ErrorCode {
                 | ErrorCode::InvalidGitUrl
                 | ErrorCode::InvalidConfig
                 | ErrorCode::InvalidSshKey
+                | ErrorCode::InvalidRequest
         )
     }
 }

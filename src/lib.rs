@@ -11,6 +11,9 @@ pub mod cli;
 pub(crate) mod mcp;
 pub(crate) mod daemon;
 pub(crate) mod gateway;
+pub(crate) mod dashboard;
+pub(crate) mod dispatch;
+pub(crate) mod protocol;
 
 pub(crate) mod ops;
 pub(crate) mod supervisor;
@@ -23,6 +26,7 @@ pub mod sandbox;
 pub mod instance;
 pub(crate) mod env_cache;
 pub(crate) mod project_env;
+pub(crate) mod metrics;
 pub(crate) mod snapshot;
 pub(crate) mod state;
 
@@ -34,6 +38,7 @@ pub mod project;
 pub(crate) mod reply;
 pub(crate) mod error;
 pub(crate) mod front_door;
+pub(crate) mod audit;
 
 pub(crate) mod atomic_file;
 pub(crate) mod envfile;
@@ -41,3 +46,19 @@ pub(crate) mod fs_watch;
 pub(crate) mod logs;
 pub(crate) mod secrets;
 pub(crate) mod timestamp;
+
+/// This program's version, which clients and the daemon compare before anything else. A
+/// `test-support` build takes `OCM_TEST_VERSION` instead, so a test can play another version.
+pub(crate) fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        #[cfg(feature = "test-support")]
+        if let Some(version) = std::env::var("OCM_TEST_VERSION")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            return version;
+        }
+        env!("CARGO_PKG_VERSION").to_owned()
+    })
+}

@@ -112,6 +112,14 @@ pub(crate) struct Reply {
     pub items: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_path: Option<String>,
+    /// `audit`: the audited calls, oldest first (CLI only: no MCP tool returns it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub entries: Option<Vec<crate::audit::Entry>>,
+    /// `dashboard`: the one-time login URL (CLI only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<String>>,
     /// Gateway (`mcp_status`): the pid of the process serving the gateway port.

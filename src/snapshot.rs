@@ -75,6 +75,10 @@ pub(crate) struct ProjectView {
     /// Memory of the Instance's process tree (or cgroup) at the last sample.
     pub memory_bytes: Option<u64>,
     pub memory_limit: Option<u64>,
+    /// CPU time the Instance's living processes have used, at the last probe.
+    pub cpu_seconds: Option<f64>,
+    /// Share of one CPU used between the last two probes, in percent.
+    pub cpu_percent: Option<f64>,
     /// Sessions the last good probe found working.
     pub busy_sessions: Vec<String>,
     /// Permission requests waiting for an answer, at the last probe.
@@ -161,6 +165,8 @@ impl ProjectView {
             last_error: None,
             memory_bytes: None,
             memory_limit: None,
+            cpu_seconds: None,
+            cpu_percent: None,
             busy_sessions: Vec::new(),
             pending_permissions: 0,
             interrupted_sessions: Vec::new(),

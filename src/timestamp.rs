@@ -10,6 +10,47 @@ pub(crate) fn now() -> String {
     format(SystemTime::now())
 }
 
+/// Milliseconds since the epoch, now.
+pub(crate) fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whole seconds from the RFC 3339 time `then` until now (`None` if it does not parse).
+pub(crate) fn seconds_since(then: &str) -> Option<u64> {
+    let then = parse(then)?;
+    Some(
+        SystemTime::now()
+            .duration_since(then)
+            .unwrap_or(Duration::ZERO)
+            .as_secs(),
+    )
+}
+
+/// The time `span` ago, as [`now`] writes it.
+pub(crate) fn ago(span: Duration) -> String {
+    format(SystemTime::now().checked_sub(span).unwrap_or(UNIX_EPOCH))
+}
+
+/// A span written as a number and a unit: `90s`, `30m`, `12h`, `7d` (a bare number is seconds).
+pub(crate) fn parse_span(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => raw.split_at(i),
+        None => (raw, "s"),
+    };
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
 /// Formats a time as `YYYY-MM-DDTHH:MM:SSZ`.
 pub(crate) fn format(time: SystemTime) -> String {
     let secs = time
@@ -86,6 +127,17 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_read_seconds_minutes_hours_and_days() {
+        assert_eq!(parse_span("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_span("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_span("12h"), Some(Duration::from_secs(43_200)));
+        assert_eq!(parse_span("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_span("7w"), None);
+        assert_eq!(parse_span("-1h"), None);
+        assert_eq!(parse_span(""), None);
+    }
 
     #[test]
     fn formats_and_parses_round_trip() {

@@ -78,6 +78,12 @@ impl Home {
     /// A home in `dir` with `config` as its `opencode-manager.toml`, whose instances run `opencode`.
     pub(crate) fn new(dir: PathBuf, config: &str, opencode: PathBuf) -> Home {
         std::fs::create_dir_all(&dir).expect("mkdir");
+        // No dashboard unless the benchmark asks for one (port 3006 may be taken).
+        let config = if config.contains("dashboard_port") {
+            config.to_owned()
+        } else {
+            format!("dashboard_port = 0\n{config}")
+        };
         std::fs::write(dir.join("opencode-manager.toml"), config).expect("config");
         let bin = manifest("target/release/opencode-manager");
         assert!(

@@ -14,10 +14,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::protocol::{Envelope, Frame, Request};
 use crate::config::Paths;
 use crate::error::ErrorCode;
 use crate::ops::CallerSettings;
+use crate::protocol::{Envelope, Frame, Request};
 use crate::reply::Reply;
 
 /// How long a client waits for a daemon it started to accept connections.

@@ -12,9 +12,7 @@
 //! for the next one.
 
 pub(crate) mod client;
-mod dispatch;
 pub(crate) mod lock;
-pub(crate) mod protocol;
 pub(crate) mod socket;
 #[cfg(test)]
 mod tests;
@@ -27,31 +25,21 @@ use tokio::net::UnixStream;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Caller;
 use crate::config::Config;
 use crate::env_cache::EnvCache;
 use crate::error::ErrorCode;
 use crate::lifecycle::{Host, LocalLauncher, Progress};
 use crate::ops::Manager;
+use crate::protocol::{Envelope, Frame};
 use crate::reply::Reply;
 use crate::secrets::Secret;
 use crate::snapshot::Snapshot;
 use lock::{Acquired, HomeLock, Verified};
-use protocol::{Envelope, Frame};
 
-/// This program's version, which clients and the daemon compare before anything else. A
-/// `test-support` build takes `OCM_TEST_VERSION` instead, so a test can play another version.
+/// This program's version (see [`crate::version`]).
 pub(crate) fn version() -> &'static str {
-    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    VERSION.get_or_init(|| {
-        #[cfg(feature = "test-support")]
-        if let Some(version) = std::env::var("OCM_TEST_VERSION")
-            .ok()
-            .filter(|v| !v.is_empty())
-        {
-            return version;
-        }
-        env!("CARGO_PKG_VERSION").to_owned()
-    })
+    crate::version()
 }
 
 /// How the daemon's run ended.
@@ -188,13 +176,15 @@ pub(crate) async fn run(
     let supervisor =
         crate::supervisor::spawn(host.clone(), launcher, publish.clone(), stop.clone()).await;
     let (gateway, requests) = mpsc::unbounded_channel();
-    let manager = Manager::new(host, supervisor, snapshot, gateway, report.notices);
+    let audit = crate::audit::AuditLog::open(paths.audit_log());
+    let manager = Manager::new(host, supervisor, snapshot, gateway, audit, report.notices);
     tokio::spawn(crate::gateway::run(
         manager.clone(),
         publish,
         requests,
         stop.clone(),
     ));
+    tokio::spawn(crate::dashboard::run(manager.clone(), stop.clone()));
 
     let control = socket::ControlSocket::bind(&paths.socket())
         .map_err(|err| Refused::internal(format!("binding {}: {err}", paths.socket().display())))?;
@@ -286,6 +276,8 @@ async fn serve_connection(
     token: &Secret,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    // Who is on the other end, for the audit log (the kernel's word, not the client's).
+    let uid = stream.peer_cred().ok().map(|cred| cred.uid());
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     match socket::greet(&mut reader, token).await {
@@ -326,7 +318,13 @@ async fn serve_connection(
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let progress = Progress::to(progress_tx);
     // The operation runs as its own task: a client that goes away never cancels it halfway.
-    let mut operation = tokio::spawn(dispatch::dispatch(manager.clone(), envelope, progress));
+    let caller = uid.map_or(Caller::Unknown, |uid| Caller::LocalUser { uid });
+    let mut operation = tokio::spawn(crate::dispatch::dispatch(
+        manager.clone(),
+        envelope,
+        progress,
+        caller,
+    ));
     loop {
         tokio::select! {
             frame = &mut operation => {

@@ -122,12 +122,17 @@ impl ControlSocket {
             Ok(_) => std::fs::remove_file(path)?,
             Err(_) => {}
         }
-        // The socket's mode is its first protection: never wider than 0600, not even for a moment.
-        let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-        let bound = UnixListener::bind(path);
-        rustix::process::umask(previous);
-        let listener = bound?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        // The socket's mode is its first protection: nobody else can reach it before it is 0600.
+        // It is bound in a fresh 0700 directory, made 0600 there, then moved into place (a
+        // process-wide umask would change the mode of every file other threads create meanwhile).
+        let parent = path.parent().unwrap_or_else(|| Path::new("."));
+        let private = tempfile::Builder::new()
+            .prefix(".opencode-manager-socket-")
+            .tempdir_in(parent)?;
+        let staged = private.path().join("sock");
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
         let identity = std::fs::symlink_metadata(path)
             .ok()
             .map(|m| (m.dev(), m.ino()));

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::protocol::{Envelope, Frame, Request};
 use super::{DaemonOptions, Exit, run};
 use crate::config::{Config, Paths};
+use crate::protocol::{Envelope, Frame, Request};
 
 fn home(linger_secs: u64) -> (tempfile::TempDir, Config) {
     let dir = tempfile::tempdir().expect("home");
     std::fs::write(
         dir.path().join("opencode-manager.toml"),
-        format!("linger_secs = {linger_secs}\n"),
+        format!("linger_secs = {linger_secs}\ndashboard_port = 0\n"),
     )
     .expect("config");
     let config = Config::load(Paths::new(dir.path().to_owned())).expect("config");

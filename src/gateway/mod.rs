@@ -13,6 +13,7 @@ pub(crate) mod auth;
 pub(crate) mod in_flight;
 pub(crate) mod lifecycle;
 pub(crate) mod params;
+mod results;
 mod route;
 pub(crate) mod servers_file;
 pub(crate) mod tools;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Method;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
@@ -19,6 +19,8 @@ use super::params::{
     CreateParams, MessageParams, MessagesParams, ReplyParams, ServerParams, SessionParams,
     StatusParams,
 };
+use super::results::{assistant_text, checked_id, fail, json_result, text_result, turn_error};
+use crate::audit::{Caller, Door};
 use crate::front_door::Scope;
 use crate::instance::api::InstanceApi;
 use crate::ops::Manager;
@@ -50,6 +52,58 @@ impl GatewayServer {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for GatewayServer {
+    /// Runs the tool, then counts it (tool, outcome, latency) and, for a tool that changes
+    /// something, records it in the audit log with the caller's scope. Never its arguments.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        let since = std::time::Instant::now();
+        let tool = request.name.to_string();
+        let project = request
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get("server"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let caller = match scope_of(&context) {
+            Some(Scope::All) => Caller::GlobalToken,
+            Some(Scope::Project(own)) => Caller::ProjectToken { project: own },
+            None => Caller::Unknown,
+        };
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        let response = self.tool_router.call(tcc).await;
+        let outcome = match &response {
+            Ok(rmcp::model::CallToolResponse::Complete(result))
+                if result.is_error == Some(true) =>
+            {
+                "error"
+            }
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        self.manager
+            .host()
+            .metrics
+            .tool_call(&tool, outcome, since.elapsed().as_secs_f64());
+        if changes_state(&tool) {
+            let project = project.or(match &caller {
+                Caller::ProjectToken { project } => Some(project.clone()),
+                _ => None,
+            });
+            self.manager.audit().record(
+                Door::Gateway,
+                caller,
+                &tool,
+                project.as_deref(),
+                outcome,
+                since,
+            );
+        }
+        response
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("opencode-manager-gateway", env!("CARGO_PKG_VERSION")))
@@ -474,102 +528,29 @@ impl GatewayServer {
         server: Option<String>,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<(String, InstanceApi), String> {
-        let scope = ctx
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<Scope>().cloned())
-            // The auth layer always sets it; without it nothing is reachable.
-            .ok_or_else(|| "this request carries no credentials".to_owned())?;
+        // The auth layer always sets the scope; without it nothing is reachable.
+        let scope =
+            scope_of(ctx).ok_or_else(|| "this request carries no credentials".to_owned())?;
         super::route::target(&self.manager, &scope, server).await
     }
 }
 
-/// IDs go into URL paths, so only OpenCode's ID alphabet is accepted.
-fn checked_id(id: &str) -> Option<&str> {
-    (id.len() > 4
-        && id.len() <= 128
-        && id.as_bytes()[3] == b'_'
-        && id[..3].chars().all(|c| c.is_ascii_lowercase())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-    .then_some(id)
+/// The scope the front door found for the request's token.
+fn scope_of(ctx: &RequestContext<RoleServer>) -> Option<Scope> {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Scope>().cloned())
 }
 
-/// A provider failure that OpenCode returned with HTTP 200 (`info.error`).
-fn turn_error(answer: &Value) -> Option<String> {
-    let error = answer.get("info")?.get("error")?;
-    let name = error.get("name").and_then(Value::as_str).unwrap_or("error");
-    let message = error
-        .get("data")
-        .and_then(|d| d.get("message"))
-        .and_then(Value::as_str)
-        .unwrap_or("no message");
-    Some(match name {
-        "MessageAbortedError" => "the turn was aborted before it finished".to_owned(),
-        _ => format!("the model provider failed the turn: {name}: {message}"),
-    })
-}
-
-fn assistant_text(answer: &Value) -> String {
-    answer
-        .get("parts")
-        .and_then(Value::as_array)
-        .map(|parts| {
-            parts
-                .iter()
-                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
-}
-
-fn json_result(value: Value) -> CallToolResult {
-    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
-    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-    if value.is_object() {
-        result.structured_content = Some(value);
-    }
-    result
-}
-
-fn text_result(text: String) -> CallToolResult {
-    CallToolResult::success(vec![ContentBlock::text(text)])
-}
-
-fn fail(tool: &str, message: &str) -> CallToolResult {
-    CallToolResult::error(vec![ContentBlock::text(format!(
-        "Error executing {tool}: {message}"
-    ))])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_that_could_change_the_path_are_refused() {
-        assert_eq!(checked_id("ses_abc123"), Some("ses_abc123"));
-        assert_eq!(checked_id("per_X-1"), Some("per_X-1"));
-        for bad in [
-            "", "abc", "../x", "a/b", "ses_a?b", "ses_a b", "%2e", "ses_",
-        ] {
-            assert_eq!(checked_id(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_provider_failure_in_a_200_answer_is_found() {
-        let answer = json!({"info": {"error": {"name": "APIError", "data": {"message": "Incorrect API key provided"}}}, "parts": []});
-        assert_eq!(
-            turn_error(&answer).as_deref(),
-            Some("the model provider failed the turn: APIError: Incorrect API key provided")
-        );
-        let ok =
-            json!({"info": {}, "parts": [{"type": "text", "text": "hi"}, {"type": "step-finish"}]});
-        assert_eq!(turn_error(&ok), None);
-        assert_eq!(assistant_text(&ok), "hi");
-    }
+/// Whether a tool changes something (and so is audited).
+fn changes_state(tool: &str) -> bool {
+    matches!(
+        tool,
+        "opencode-session-create"
+            | "opencode-session-delete"
+            | "opencode-session-message"
+            | "opencode-session-prompt-async"
+            | "opencode-session-abort"
+            | "opencode-permission-reply"
+    )
 }

@@ -178,6 +178,28 @@ impl InstanceApi {
         serde_json::from_slice(&bytes).map_err(|err| ApiError::Body(format!("{path}: {err}")))
     }
 
+    /// `GET /event`: the Instance's event stream (Server-Sent Events), open until either side
+    /// closes it. Only connecting has a timeout.
+    pub(crate) async fn events(&self) -> Result<reqwest::Response, ApiError> {
+        let request = self
+            .http
+            .get(format!("{}/event", self.base))
+            .basic_auth("opencode", Some(self.password.expose()));
+        let connect = Duration::from_secs(5);
+        let response = tokio::time::timeout(connect, request.send())
+            .await
+            .map_err(|_| ApiError::Timeout(connect))?
+            .map_err(|err| ApiError::Connect(without_url(&err)))?;
+        match response.status().as_u16() {
+            200..=299 => Ok(response),
+            401 => Err(ApiError::Unauthorized),
+            status => Err(ApiError::Status {
+                status,
+                body: String::new(),
+            }),
+        }
+    }
+
     async fn send(
         &self,
         request: reqwest::RequestBuilder,

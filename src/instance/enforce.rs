@@ -38,6 +38,17 @@ pub enum Mechanism {
     Rlimit,
 }
 
+impl Mechanism {
+    /// `systemd`, `cgroup` or `rlimit`, as `doctor` names it.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Mechanism::Systemd => "systemd",
+            Mechanism::CgroupV2 { .. } | Mechanism::CgroupV1 { .. } => "cgroup",
+            Mechanism::Rlimit => "rlimit",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detection {
     pub mechanism: Mechanism,
@@ -287,6 +298,24 @@ pub fn tree_rss(pid: i32) -> u64 {
         .sum()
 }
 
+/// The CPU time (user + system) `pid` and its living descendants have used.
+pub fn tree_cpu(pid: i32) -> std::time::Duration {
+    let ticks: u64 = tree(pid)
+        .into_iter()
+        .filter_map(|p| cpu_ticks(&fs::read_to_string(format!("/proc/{p}/stat")).ok()?))
+        .sum();
+    std::time::Duration::from_millis(ticks.saturating_mul(1000 / CLOCK_TICKS))
+}
+
+/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux the manager runs on (the kernel's `USER_HZ`).
+const CLOCK_TICKS: u64 = 100;
+
+/// `utime + stime` from a `/proc/<pid>/stat` line (the fields after the command's last `)`).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
 /// `pid` followed by its living descendants, found through the ppid in every `/proc/<n>/stat`.
 fn tree(pid: i32) -> Vec<i32> {
     let parents: Vec<(i32, i32)> = fs::read_dir("/proc")
@@ -380,6 +409,14 @@ mod tests {
             .find(|(r, _)| *r == Resource::Nofile)
             .expect("nofile");
         assert!(nofile.current.is_some_and(|n| n > 0 && n <= NOFILE_CAP));
+    }
+
+    #[test]
+    fn cpu_ticks_are_user_plus_system_time() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0 99 0 0";
+        assert_eq!(cpu_ticks(stat), Some(281));
+        assert_eq!(cpu_ticks("garbage"), None);
+        let _ = tree_cpu(std::process::id() as i32);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub(crate) struct Host {
     pub config: Config,
     pub store: Store,
     pub envs: Arc<EnvCache>,
+    /// What the daemon measures as it happens (start durations, Gateway calls).
+    pub metrics: crate::metrics::Metrics,
     isolation: Support,
     /// Which limit mechanism this machine offers, found on first need (it runs a probe).
     limits: tokio::sync::OnceCell<Detection>,
@@ -57,6 +59,7 @@ impl Host {
             config,
             store,
             envs,
+            metrics: crate::metrics::Metrics::default(),
             isolation: crate::instance::confine::detect(),
             limits: tokio::sync::OnceCell::new(),
             versions: Mutex::default(),
@@ -179,6 +182,8 @@ pub(crate) struct Probed {
     pub connected: bool,
     /// Its process tree's (or cgroup's) memory.
     pub memory: Option<u64>,
+    /// The CPU time its living processes have used.
+    pub cpu: Option<std::time::Duration>,
 }
 
 /// Why an Instance is ended, for its record.

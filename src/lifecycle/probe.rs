@@ -16,19 +16,21 @@ pub(crate) async fn probe(host: &Host, instance: Instance) -> Probed {
         enforced,
         ..
     } = instance;
-    let (memory, connected) = tokio::task::spawn_blocking(move || {
+    let (memory, cpu, connected) = tokio::task::spawn_blocking(move || {
         let memory = enforced
             .as_ref()
             .and_then(|e| e.memory_current())
             .or_else(|| Some(crate::instance::enforce::tree_rss(proc.pid)).filter(|m| *m > 0));
-        (memory, established_connections(port))
+        let cpu = Some(crate::instance::enforce::tree_cpu(proc.pid));
+        (memory, cpu, established_connections(port))
     })
     .await
-    .unwrap_or((None, false));
+    .unwrap_or((None, None, false));
     let Some(env) = host.envs.get(project.as_str()) else {
         return Probed {
             ok: None,
             memory,
+            cpu,
             connected,
             ..Probed::default()
         };
@@ -46,6 +48,7 @@ pub(crate) async fn probe(host: &Host, instance: Instance) -> Probed {
         permissions,
         connected,
         memory,
+        cpu,
     }
 }
 

@@ -13,8 +13,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::McpServer;
-use crate::daemon::protocol::{Envelope, Request};
 use crate::ops::start::StartArgs;
+use crate::protocol::{Envelope, Request};
 use crate::reply::{Reply, Status};
 
 /// Arguments of `opencode_start`.

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use crate::config::OPENCODE_VERSION;
 use crate::instance::binary::{self, Source};
-use crate::instance::enforce::Mechanism;
 use crate::lifecycle::Host;
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,12 +81,11 @@ pub(crate) async fn doctor(host: &Host) -> Checks {
         home,
         isolation_check(host),
         fine({
-            let kind = match detection.mechanism {
-                Mechanism::Systemd => "systemd",
-                Mechanism::CgroupV2 { .. } | Mechanism::CgroupV1 { .. } => "cgroup",
-                Mechanism::Rlimit => "rlimit",
-            };
-            format!("limits: {kind} ({})", detection.reason)
+            format!(
+                "limits: {} ({})",
+                detection.mechanism.word(),
+                detection.reason
+            )
         }),
     ];
     let warnings = config

@@ -8,12 +8,15 @@
 //! it. Operations return domain outcomes or an [`OpError`] (or [`Failure::NotFound`]); the reply
 //! a client sees is built at the door. They never print, and import nothing from `gateway`.
 
+pub(crate) mod audit;
+pub(crate) mod dashboard_login;
 pub(crate) mod destroy;
 pub(crate) mod doctor;
 pub(crate) mod list;
 pub(crate) mod logs;
 pub(crate) mod mcp_restart;
 pub(crate) mod mcp_status;
+pub(crate) mod permission;
 pub(crate) mod restart;
 pub(crate) mod resume;
 pub(crate) mod start;
@@ -28,6 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::audit::{AuditLog, Door};
 use crate::config::Config;
 use crate::env_cache::EnvCache;
 use crate::error::{ErrorCode, OpError};
@@ -48,6 +52,9 @@ pub(crate) struct CallerSettings {
     pub opencode_bin: Option<String>,
     #[serde(default)]
     pub gateway_port: Option<u16>,
+    /// The door the request came through (the CLI, or the MCP server `serve`).
+    #[serde(default)]
+    pub door: Door,
 }
 
 impl CallerSettings {
@@ -58,6 +65,7 @@ impl CallerSettings {
             environment: set("ENVIRONMENT"),
             opencode_bin: set("OPENCODE_BIN"),
             gateway_port: set("GLOBAL_MCP_TOOL_PORT").and_then(|p| p.parse().ok()),
+            door: Door::Cli,
         }
     }
 
@@ -121,6 +129,8 @@ struct Inner {
     supervisor: Handle,
     snapshot: watch::Receiver<Snapshot>,
     gateway: mpsc::UnboundedSender<GatewayRequest>,
+    audit: AuditLog,
+    logins: dashboard_login::LoginCodes,
     /// Told once, to the next `list` or `status` (a migrated state file).
     notices: Mutex<Vec<String>>,
     // std mutexes: held only to look up or insert an entry, never across an `.await`.
@@ -136,6 +146,7 @@ impl Manager {
         supervisor: Handle,
         snapshot: watch::Receiver<Snapshot>,
         gateway: mpsc::UnboundedSender<GatewayRequest>,
+        audit: AuditLog,
         notices: Vec<String>,
     ) -> Manager {
         Manager {
@@ -144,6 +155,8 @@ impl Manager {
                 supervisor,
                 snapshot,
                 gateway,
+                audit,
+                logins: dashboard_login::LoginCodes::default(),
                 notices: Mutex::new(notices),
                 project_locks: Mutex::default(),
                 starts_in_flight: Mutex::default(),
@@ -153,6 +166,16 @@ impl Manager {
 
     pub(crate) fn config(&self) -> &Config {
         &self.inner.host.config
+    }
+
+    /// Where every door records the state-changing calls it serves.
+    pub(crate) fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    /// The dashboard's login codes and address.
+    pub(crate) fn logins(&self) -> &dashboard_login::LoginCodes {
+        &self.inner.logins
     }
 
     pub(crate) fn host(&self) -> &Arc<Host> {

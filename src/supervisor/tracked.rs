@@ -52,6 +52,8 @@ pub(super) enum Process {
     None,
     Launching {
         id: String,
+        /// When the launch began (for the start-duration metric).
+        since: std::time::Instant,
         plan: LaunchPlan,
     },
     Up {
@@ -67,10 +69,27 @@ pub(super) enum Process {
     },
 }
 
+impl Observed {
+    /// Takes a CPU sample made at `at`; the share since the previous one becomes `cpu_percent`.
+    pub(super) fn cpu_sample(&mut self, at: std::time::Instant, used: std::time::Duration) {
+        if let Some((before, previous)) = self.cpu {
+            let elapsed = at.saturating_duration_since(before).as_secs_f64();
+            if elapsed > 0.0 && used >= previous {
+                self.cpu_percent = Some((used - previous).as_secs_f64() / elapsed * 100.0);
+            }
+        }
+        self.cpu = Some((at, used));
+    }
+}
+
 /// The last observations of a running Instance.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Observed {
     pub memory: Option<u64>,
+    /// CPU time used, at the last probe, and when that was.
+    pub cpu: Option<(std::time::Instant, std::time::Duration)>,
+    /// Share of one CPU used between the last two probes, in percent.
+    pub cpu_percent: Option<f64>,
     pub busy: Vec<String>,
     pub permissions: usize,
     pub last_health_check: Option<String>,
@@ -170,6 +189,8 @@ impl Tracked {
             last_error: self.last_error(),
             memory_bytes: instance.and(self.observed.memory),
             memory_limit: instance.and_then(|i| i.memory_limit),
+            cpu_seconds: instance.and(self.observed.cpu.map(|(_, used)| used.as_secs_f64())),
+            cpu_percent: instance.and(self.observed.cpu_percent),
             busy_sessions: if instance.is_some() {
                 self.observed.busy.clone()
             } else {

@@ -64,6 +64,10 @@ impl TestHome {
         let mut toml = format!(
             "port_min = {port_min}\nport_max = {port_max}\ngateway_port = {gateway_port}\nlinger_secs = 600\n"
         );
+        // No dashboard unless a test asks for one (they would all want port 3006).
+        if !extra_toml.contains("dashboard_port") {
+            toml.push_str("dashboard_port = 0\n");
+        }
         // Top-level keys first: everything after a `[table]` header belongs to that table.
         match extra_toml.split_once("[instance_env]") {
             None => {

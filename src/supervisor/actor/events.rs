@@ -92,8 +92,12 @@ impl<L: Launcher> Actor<L> {
         let Some(t) = self.projects.get_mut(name) else {
             return;
         };
-        let plan = match std::mem::replace(&mut t.process, Process::None) {
-            Process::Launching { id: current, plan } if current == id => plan,
+        let (plan, since) = match std::mem::replace(&mut t.process, Process::None) {
+            Process::Launching {
+                id: current,
+                plan,
+                since,
+            } if current == id => (plan, since),
             other => {
                 t.process = other;
                 return;
@@ -102,6 +106,9 @@ impl<L: Launcher> Actor<L> {
         match result {
             Ok(launched) => {
                 let (pid, port) = (launched.instance.proc.pid, launched.instance.port);
+                self.host
+                    .metrics
+                    .started(name, now().saturating_duration_since(since).as_secs_f64());
                 self.up(name, launched);
                 let Some(t) = self.projects.get_mut(name) else {
                     return;
@@ -267,6 +274,9 @@ impl<L: Launcher> Actor<L> {
             _ => None,
         };
         t.observed.memory = probed.memory;
+        if let Some(used) = probed.cpu {
+            t.observed.cpu_sample(now(), used);
+        }
         if probed.ok == Some(true) {
             t.observed.busy = probed.busy.clone();
             t.observed.permissions = probed.permissions;

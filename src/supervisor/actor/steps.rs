@@ -152,6 +152,7 @@ impl<L: Launcher> Actor<L> {
         let progress = plan.progress.clone();
         t.process = Process::Launching {
             id: id.clone(),
+            since: now(),
             plan,
         };
         let (launcher, events, project) =

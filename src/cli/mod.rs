@@ -12,12 +12,15 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, Paths};
-use crate::daemon::protocol::{Envelope, Request};
 use crate::daemon::{self, DaemonOptions};
 use crate::error::ErrorCode;
 use crate::ops::CallerSettings;
 use crate::ops::start::StartArgs;
-use crate::reply::{Reply, Status};
+use crate::protocol::{Envelope, Request};
+use crate::reply::Reply;
+
+mod render;
+use render::render;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +73,21 @@ enum Command {
     McpRestart,
     /// Stop the global MCP gateway (projects keep running)
     StopMcpTool,
+    /// Print the audit log: every state-changing call, from any door
+    Audit {
+        /// Only calls about this project
+        #[arg(long)]
+        project: Option<String>,
+        /// Only calls from this long ago on: 90s, 30m, 12h, 7d
+        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        since: Option<std::time::Duration>,
+    },
+    /// Print a one-time login URL for the dashboard (valid for 60 seconds)
+    Dashboard {
+        /// Also open it with xdg-open, where there is one
+        #[arg(long)]
+        open: bool,
+    },
     /// Serve the opencode_* MCP tools over stdio or Streamable HTTP
     Serve(ServeCmd),
     /// Run the daemon in the foreground (clients start it on demand)
@@ -130,6 +148,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(paths) => paths,
         Err(err) => return fail(cli.json, ErrorCode::InvalidConfig, &format!("{err:#}")),
     };
+    let mut open_url = false;
     let request = match cli.command {
         Command::Daemon { stay } => return runtime.block_on(run_daemon(paths, stay)),
         Command::Serve(cmd) => return runtime.block_on(run_serve(paths, cmd)),
@@ -167,6 +186,14 @@ pub fn run(cli: Cli) -> ExitCode {
             project_name: project,
             lines: Some(lines),
         },
+        Command::Audit { project, since } => Request::Audit {
+            project_name: project,
+            since: since.map(crate::timestamp::ago),
+        },
+        Command::Dashboard { open } => {
+            open_url = open;
+            Request::DashboardLogin
+        }
     };
     crate::logs::init_client_log();
     let envelope = Envelope {
@@ -178,7 +205,32 @@ pub fn run(cli: Cli) -> ExitCode {
         emit_err(&format!("… {step}\n"));
     }));
     print_reply(&reply, json);
+    if let (true, Some(url)) = (open_url, &reply.url) {
+        open_in_browser(url);
+    }
     ExitCode::from(reply.exit_code())
+}
+
+/// `--since`: a span such as `30m`.
+fn parse_since(raw: &str) -> Result<std::time::Duration, String> {
+    crate::timestamp::parse_span(raw).ok_or_else(|| {
+        format!("{raw:?} is not a duration; use a number with s, m, h or d (30m, 7d)")
+    })
+}
+
+/// Hands `url` to `xdg-open`, where there is one; says so where there is none.
+#[allow(clippy::disallowed_methods)] // xdg-open for `dashboard --open`, the only program the CLI starts.
+fn open_in_browser(url: &str) {
+    let opened = std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !opened {
+        emit_err("warning: xdg-open is not available; open the URL above yourself\n");
+    }
 }
 
 async fn run_serve(paths: Paths, cmd: ServeCmd) -> ExitCode {
@@ -318,119 +370,4 @@ fn emit_out(text: &str) {
 fn emit_err(text: &str) {
     use std::io::Write as _;
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
-}
-
-/// The text of a reply: what goes to stdout and what goes to stderr.
-fn render(reply: &Reply, json: bool) -> (String, String) {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let mut err = String::new();
-    if json {
-        match serde_json::to_string_pretty(reply) {
-            Ok(text) => out.push_str(&format!("{text}\n")),
-            Err(why) => err.push_str(&format!("error: encoding the reply: {why}\n")),
-        }
-        return (out, err);
-    }
-    let status = serde_json::to_value(reply.status())
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    if reply.status() == Status::Error {
-        let code = reply
-            .error
-            .and_then(|c| serde_json::to_value(c).ok())
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let _ = writeln!(
-            err,
-            "error [{code}]: {}",
-            reply.message.as_deref().unwrap_or("")
-        );
-        for item in reply.items.iter().flatten() {
-            let _ = writeln!(err, "  - {item}");
-        }
-        if let Some(hint) = &reply.hint {
-            let _ = writeln!(err, "hint: {hint}");
-        }
-        return (out, err);
-    }
-    if let Some(projects) = &reply.projects {
-        let _ = writeln!(
-            out,
-            "{:<24} {:<10} {:>6} {:>8}  SANDBOX",
-            "PROJECT", "STATUS", "PORT", "PID"
-        );
-        for p in projects {
-            let port = p.opencode_port.map_or("-".into(), |v| v.to_string());
-            let pid = p.opencode_pid.map_or("-".into(), |v| v.to_string());
-            let _ = writeln!(
-                out,
-                "{:<24} {:<10} {:>6} {:>8}  {}",
-                p.name, p.status, port, pid, p.sandbox_dir
-            );
-        }
-    } else if let Some(lines) = &reply.lines {
-        for line in lines {
-            let _ = writeln!(out, "{line}");
-        }
-    } else {
-        let _ = writeln!(out, "Status: {status}");
-        if let Some(message) = &reply.message {
-            let _ = writeln!(out, "\n{message}");
-        }
-        let mut facts = Vec::new();
-        if let Some(oc) = &reply.opencode {
-            let pid = oc.pid.map_or("-".into(), |p| p.to_string());
-            let port = oc.port.map_or("-".into(), |p| p.to_string());
-            facts.push(format!("OpenCode: {} (PID {pid}, Port {port})", oc.status));
-        } else if let Some(url) = &reply.opencode_url {
-            facts.push(format!(
-                "OpenCode: {url} (PID: {})",
-                reply.opencode_pid.map_or("-".into(), |p| p.to_string())
-            ));
-        }
-        if let Some(provider) = &reply.provider {
-            let model = provider.model.as_deref().unwrap_or("none");
-            facts.push(format!(
-                "Model: {model} (providers: {})",
-                if provider.providers.is_empty() {
-                    "none".into()
-                } else {
-                    provider.providers.join(", ")
-                }
-            ));
-        }
-        for (label, value) in [
-            ("Sandbox", &reply.sandbox_dir),
-            ("Started", &reply.started_at),
-            ("Last health check", &reply.last_health_check),
-            ("Last exit", &reply.last_exit),
-            ("Last error", &reply.last_error),
-            ("Env file", &reply.env_path),
-            ("Isolation", &reply.isolation),
-        ] {
-            if let Some(value) = value {
-                facts.push(format!("{label}: {value}"));
-            }
-        }
-        if !facts.is_empty() {
-            let _ = writeln!(out);
-            for fact in facts {
-                let _ = writeln!(out, "{fact}");
-            }
-        }
-        for item in reply.items.iter().flatten() {
-            let _ = writeln!(out, "  - {item}");
-        }
-    }
-    if let (Some(hint), false) = (&reply.hint, reply.status() == Status::Success) {
-        let _ = writeln!(err, "hint: {hint}");
-    }
-    if let Some(warning) = &reply.warning {
-        for line in warning.lines() {
-            let _ = writeln!(err, "warning: {line}");
-        }
-    }
-    (out, err)
 }

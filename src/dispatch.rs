@@ -1,24 +1,72 @@
-//! The socket's door: runs the operation a request names and builds the [`Reply`] a client sees
-//! from its outcome. Replies are made here, at the edge, and nowhere in `ops`; the original's
-//! keys and words are kept.
+//! Runs the operation a request names and builds the [`Reply`] a client sees from its outcome,
+//! for every door that asks for operations (the control socket, for the CLI and the MCP server;
+//! the dashboard's buttons), and records each state-changing one in the audit log. Replies are
+//! made here, at the edge, and nowhere in `ops`; the original's keys and words are kept.
 
-use super::protocol::{Envelope, Frame, Request};
+use crate::audit::Caller;
 use crate::error::OpError;
 use crate::lifecycle::Progress;
 use crate::ops::start::{Running, StartOutcome, StartReply};
 use crate::ops::{self, Failure, Manager};
+use crate::protocol::{Envelope, Frame, Request};
 use crate::reply::{OpencodeInfo, ProjectSummary, ProviderReport, Reply, Status};
 use crate::snapshot::{GatewayView, InstanceState, ProjectView, ProviderView};
 use crate::state::Desired;
 
-pub(super) async fn dispatch(manager: Manager, envelope: Envelope, progress: Progress) -> Frame {
-    let manager = &manager;
+/// Runs `envelope` for `caller` (the local user behind the socket, a dashboard session) and
+/// records it in the audit log, with the envelope's door, when it changes something.
+pub(crate) async fn dispatch(
+    manager: Manager,
+    envelope: Envelope,
+    progress: Progress,
+    caller: Caller,
+) -> Frame {
+    let since = std::time::Instant::now();
+    let audited = envelope
+        .request
+        .audited()
+        .map(|(action, project)| (action, project.map(str::to_owned)));
+    let door = envelope.caller.door;
+    let uid = match caller {
+        Caller::LocalUser { uid } | Caller::DashboardSession { uid } => Some(uid),
+        _ => None,
+    };
+    let frame = run(&manager, envelope, progress, uid).await;
+    if let (Some((action, project)), Frame::Reply(reply)) = (audited, &frame) {
+        manager.audit().record(
+            door,
+            caller,
+            action,
+            project.as_deref(),
+            &outcome(reply),
+            since,
+        );
+    }
+    frame
+}
+
+/// How a reply reads in the audit log: `ok`, another status word, or the error code.
+pub(crate) fn outcome(reply: &Reply) -> String {
+    let word = |value: serde_json::Result<serde_json::Value>| {
+        value
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into())
+    };
+    match (reply.status(), reply.error) {
+        (Status::Error, Some(code)) => word(serde_json::to_value(code)),
+        (Status::Success | Status::Ok, _) => "ok".into(),
+        (status, _) => word(serde_json::to_value(status)),
+    }
+}
+
+async fn run(manager: &Manager, envelope: Envelope, progress: Progress, uid: Option<u32>) -> Frame {
     let caller = envelope.caller;
     let differences = caller.differences(manager.config());
     let reply = match envelope.request {
         Request::Ping => {
             return Frame::Hello {
-                version: super::version().to_owned(),
+                version: crate::version().to_owned(),
                 pid: std::process::id(),
                 gateway_port: manager.config().gateway_port,
             };
@@ -79,6 +127,40 @@ pub(super) async fn dispatch(manager: Manager, envelope: Envelope, progress: Pro
             reply
         }
         Request::McpStatus => mcp_status(ops::mcp_status::mcp_status(manager)),
+        Request::Audit {
+            project_name,
+            since,
+        } => {
+            let filter = crate::audit::Filter {
+                project: project_name,
+                since,
+            };
+            match ops::audit::audit(manager, filter).await {
+                Ok(entries) => {
+                    let mut reply = Reply::new(
+                        Status::Success,
+                        format!("{} audited call(s)", entries.len()),
+                    );
+                    reply.entries = Some(entries);
+                    reply
+                }
+                Err(err) => err.into(),
+            }
+        }
+        Request::DashboardLogin => match ops::dashboard_login::login(manager, uid) {
+            Ok(url) => {
+                let mut reply = Reply::new(
+                    Status::Success,
+                    format!(
+                        "open this URL within {} seconds; it works once",
+                        ops::dashboard_login::CODE_VALID.as_secs()
+                    ),
+                );
+                reply.url = Some(url);
+                reply
+            }
+            Err(err) => err.into(),
+        },
         Request::McpRestart => match ops::mcp_restart::mcp_restart(manager).await {
             Ok(restarted) => {
                 let mut reply = Reply::new(Status::Success, "Global MCP tool restarted");

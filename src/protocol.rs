@@ -41,8 +41,41 @@ pub(crate) enum Request {
     McpStatus,
     McpRestart,
     StopMcpTool,
+    /// The audit log, filtered.
+    Audit {
+        #[serde(default)]
+        project_name: Option<String>,
+        /// RFC 3339: only entries at or after it.
+        #[serde(default)]
+        since: Option<String>,
+    },
+    /// A one-time login URL for the dashboard.
+    DashboardLogin,
     /// Asks the daemon who it is; answered with a `hello` frame.
     Ping,
+}
+
+impl Request {
+    /// The action and Project an audited request is, `None` for one that changes nothing.
+    pub(crate) fn audited(&self) -> Option<(&'static str, Option<&str>)> {
+        match self {
+            Request::Start(args) => Some(("start", Some(args.project_name.as_str()))),
+            Request::Stop { project_name } => Some(("stop", Some(project_name))),
+            Request::StopAll => Some(("stop_all", None)),
+            Request::Restart { project_name } => Some(("restart", Some(project_name))),
+            Request::Destroy { project_name, .. } => Some(("destroy", Some(project_name))),
+            Request::McpRestart => Some(("mcp_restart", None)),
+            Request::StopMcpTool => Some(("stop_mcp_tool", None)),
+            Request::Status { .. }
+            | Request::List
+            | Request::Logs { .. }
+            | Request::Doctor
+            | Request::McpStatus
+            | Request::Audit { .. }
+            | Request::DashboardLogin
+            | Request::Ping => None,
+        }
+    }
 }
 
 /// A request with the caller's settings.

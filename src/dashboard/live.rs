@@ -1,0 +1,282 @@
+//! The dashboard's live streams, as Server-Sent Events.
+//!
+//! `/events` sends the whole board when it connects and again on every snapshot change, so a
+//! reconnecting page resyncs by itself. `/project/<name>/events` sends that Project's row when it
+//! changes, the lines appended to its log (followed with inotify), and its sessions and
+//! permission requests whenever its Instance reports a session or permission event on its own
+//! event stream. Nothing polls. Every stream ends when the page goes away or the daemon stops.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{Shared, project};
+use crate::project::ProjectName;
+
+fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// `/events`: the board now, then on every change.
+pub(super) async fn board(State(d): State<Shared>, headers: HeaderMap) -> Response {
+    if d.session(&headers).is_none() {
+        return super::login_needed();
+    }
+    let snapshots = d.manager.subscribe();
+    let stream = stream::unfold(
+        (d, snapshots, true),
+        |(d, mut snapshots, first)| async move {
+            if first {
+                snapshots.borrow_and_update();
+            } else {
+                tokio::select! {
+                    changed = snapshots.changed() => changed.ok()?,
+                    () = d.cancel.cancelled() => return None,
+                }
+            }
+            let event = Event::default().event("board").json_data(d.board()).ok()?;
+            Some((Ok(event), (d, snapshots, false)))
+        },
+    );
+    sse(stream)
+}
+
+/// `/project/<name>/events`: the Project's row, new log lines, and its activity.
+pub(super) async fn project(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if d.session(&headers).is_none() {
+        return super::login_needed();
+    }
+    let Ok(project) = ProjectName::parse(&name) else {
+        return super::login_needed();
+    };
+    let (events, received) = mpsc::channel::<Event>(64);
+    tokio::spawn(follow(d, project, events));
+    let stream = stream::unfold(received, |mut received| async move {
+        received.recv().await.map(|event| (Ok(event), received))
+    });
+    sse(stream)
+}
+
+/// Sends the Project's changes into `events` until the page goes away or the daemon stops.
+async fn follow(d: Shared, project: ProjectName, events: mpsc::Sender<Event>) {
+    let mut snapshots = d.manager.subscribe();
+    let log = LogTail::new(d.manager.config().paths.project_log(&project)).await;
+    let mut log = log;
+    let watch = crate::fs_watch::DirWatch::new().and_then(|w| {
+        w.add(&d.manager.config().paths.logs_dir())?;
+        Ok(w)
+    });
+    let log_name = format!("{project}-opencode.log");
+    let mut last_row = None;
+    let mut pid = None;
+    let mut instance: Option<reqwest::Response> = None;
+    let mut pending = String::new();
+    loop {
+        // The row, and the Instance's event stream when its process changed.
+        let current = project::row(&d.manager, project.as_str());
+        let row = current
+            .as_ref()
+            .map(|(_, row)| serde_json::to_value(row).unwrap_or(Value::Null));
+        if row != last_row {
+            if let Some(row) = &row
+                && send(&events, "row", row).await.is_err()
+            {
+                return;
+            }
+            last_row = row;
+        }
+        let now_pid = current.as_ref().and_then(|(_, row)| row.pid);
+        if now_pid != pid {
+            pid = now_pid;
+            instance = match project::instance(&d.manager, &project) {
+                Some(api) => api.events().await.ok(),
+                None => None,
+            };
+            pending.clear();
+            if send_activity(&d, &project, &events).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            names = log_changed(&watch) => {
+                if names.iter().any(|n| n.is_empty() || *n == log_name.as_str()) {
+                    let (next, lines) = log.advance().await;
+                    log = next;
+                    if !lines.is_empty() && send(&events, "log", &Value::from(lines)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            chunk = next_chunk(&mut instance) => {
+                match chunk {
+                    Some(bytes) => {
+                        pending.push_str(&String::from_utf8_lossy(&bytes));
+                        if activity_changed(&mut pending) && send_activity(&d, &project, &events).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The stream ended (the Instance stopped): wait for the next one.
+                    None => instance = None,
+                }
+            }
+            () = events.closed() => return,
+            () = d.cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn send(events: &mpsc::Sender<Event>, kind: &str, data: &Value) -> Result<(), ()> {
+    let event = Event::default()
+        .event(kind)
+        .json_data(data)
+        .map_err(|_| ())?;
+    events.send(event).await.map_err(|_| ())
+}
+
+async fn send_activity(
+    d: &Shared,
+    project: &ProjectName,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), ()> {
+    let (sessions, permissions) = project::activity(&d.manager, project).await;
+    let data = serde_json::json!({ "sessions": sessions, "permissions": permissions });
+    send(events, "activity", &data).await
+}
+
+/// The next chunk of the Instance's event stream; pending forever without one.
+async fn next_chunk(instance: &mut Option<reqwest::Response>) -> Option<Vec<u8>> {
+    match instance {
+        Some(response) => response.chunk().await.ok().flatten().map(|b| b.to_vec()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Takes the complete events out of `pending` (`data: {…}` blocks ending in a blank line) and
+/// says whether one was about sessions or permissions.
+fn activity_changed(pending: &mut String) -> bool {
+    let mut changed = false;
+    while let Some(end) = pending.find("\n\n") {
+        let block: String = pending.drain(..end + 2).collect();
+        let kind = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+            .find_map(|v| v.get("type").and_then(Value::as_str).map(str::to_owned));
+        if kind.is_some_and(|k| k.starts_with("session.") || k.starts_with("permission.")) {
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Names changed in the logs directory; pending forever without a watch.
+async fn log_changed(watch: &std::io::Result<crate::fs_watch::DirWatch>) -> Vec<String> {
+    match watch {
+        Ok(watch) => match watch.changed().await {
+            Ok(names) => names
+                .into_iter()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => std::future::pending().await,
+        },
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Where the page's log view has read up to.
+struct LogTail {
+    path: std::path::PathBuf,
+    offset: u64,
+}
+
+impl LogTail {
+    /// Starts at the file's current end (the page already shows what came before).
+    async fn new(path: std::path::PathBuf) -> LogTail {
+        let probe = path.clone();
+        let offset =
+            tokio::task::spawn_blocking(move || std::fs::metadata(probe).map_or(0, |m| m.len()))
+                .await
+                .unwrap_or(0);
+        LogTail { path, offset }
+    }
+
+    /// The complete lines appended since the last call (at most 256 KiB at a time); starts over
+    /// when the file was rotated.
+    async fn advance(self) -> (LogTail, Vec<String>) {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Seek as _, SeekFrom};
+            let LogTail { path, mut offset } = self;
+            let Ok(mut file) = std::fs::File::open(&path) else {
+                return (LogTail { path, offset: 0 }, Vec::new());
+            };
+            let len = file.metadata().map_or(0, |m| m.len());
+            if len < offset {
+                offset = 0;
+            }
+            let mut bytes = Vec::new();
+            let read = file
+                .seek(SeekFrom::Start(offset))
+                .and_then(|_| file.take(256 * 1024).read_to_end(&mut bytes));
+            if read.is_err() {
+                return (LogTail { path, offset }, Vec::new());
+            }
+            let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let text = String::from_utf8_lossy(&bytes[..complete]);
+            let lines = text.lines().map(crate::logs::strip_ansi).collect();
+            (
+                LogTail {
+                    path,
+                    offset: offset + complete as u64,
+                },
+                lines,
+            )
+        })
+        .await
+        .unwrap_or_else(|_| {
+            (
+                LogTail {
+                    path: std::path::PathBuf::new(),
+                    offset: 0,
+                },
+                Vec::new(),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_session_and_permission_events_count_and_partial_blocks_wait() {
+        let mut pending = String::from(
+            "data: {\"type\":\"server.heartbeat\"}\n\ndata: {\"type\":\"permission.asked\",\"properties\":{}}\n\ndata: {\"type\":\"sess",
+        );
+        assert!(activity_changed(&mut pending));
+        assert_eq!(pending, "data: {\"type\":\"sess");
+        pending.push_str("ion.idle\"}\n\n");
+        assert!(activity_changed(&mut pending));
+        assert!(pending.is_empty());
+        let mut noise = String::from("data: {\"type\":\"plugin.added\"}\n\n");
+        assert!(!activity_changed(&mut noise));
+    }
+}
