@@ -35,10 +35,21 @@ impl DirWatch {
     /// Watches the entries of `dir` (files written, created, moved or removed in it). Watching a
     /// directory twice is harmless.
     pub(crate) fn add(&self, dir: &Path) -> io::Result<()> {
+        self.watch(dir, WatchFlags::empty())
+    }
+
+    /// Like [`DirWatch::add`], and also every write to a file in `dir` while it is open (a log
+    /// growing line by line).
+    pub(crate) fn add_with_appends(&self, dir: &Path) -> io::Result<()> {
+        self.watch(dir, WatchFlags::MODIFY)
+    }
+
+    fn watch(&self, dir: &Path, extra: WatchFlags) -> io::Result<()> {
         inotify::add_watch(
             self.fd.get_ref(),
             dir,
-            WatchFlags::CLOSE_WRITE
+            extra
+                | WatchFlags::CLOSE_WRITE
                 | WatchFlags::CREATE
                 | WatchFlags::DELETE
                 | WatchFlags::MOVED_FROM

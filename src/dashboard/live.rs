@@ -76,7 +76,7 @@ async fn follow(d: Shared, project: ProjectName, events: mpsc::Sender<Event>) {
     let log = LogTail::new(d.manager.config().paths.project_log(&project)).await;
     let mut log = log;
     let watch = crate::fs_watch::DirWatch::new().and_then(|w| {
-        w.add(&d.manager.config().paths.logs_dir())?;
+        w.add_with_appends(&d.manager.config().paths.logs_dir())?;
         Ok(w)
     });
     let log_name = format!("{project}-opencode.log");

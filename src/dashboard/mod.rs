@@ -119,7 +119,8 @@ async fn daemon_facts(manager: &Manager) -> view::Daemon {
     view::Daemon {
         version: crate::version().to_owned(),
         started_at: crate::timestamp::now(),
-        limits: format!("{} ({})", detection.mechanism.word(), detection.reason),
+        limits: detection.mechanism.word().to_owned(),
+        limits_reason: detection.reason.clone(),
         isolation,
         memory_budget: host.config.memory_budget,
     }

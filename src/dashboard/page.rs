@@ -81,7 +81,7 @@ fn header(board: &Board) -> String {
         "<header><h1>opencode-manager</h1><dl id=\"facts\">\
          <div><dt>Gateway</dt><dd id=\"gateway\" class=\"{}\">{}</dd></div>\
          <div><dt>Daemon</dt><dd id=\"daemon\">{} · up <span id=\"daemon-uptime\">{}</span></dd></div>\
-         <div><dt>Limits</dt><dd>{}</dd></div>\
+         <div><dt>Limits</dt><dd title=\"{}\">{}</dd></div>\
          <div><dt>Isolation</dt><dd>{}</dd></div>\
          <div><dt>Memory</dt><dd id=\"budget\">{}</dd></div></dl>\
          <p id=\"live\" role=\"status\" aria-live=\"polite\">static view</p></header>",
@@ -89,6 +89,7 @@ fn header(board: &Board) -> String {
         esc(&board.gateway.state),
         esc(&d.version),
         span(board.daemon_uptime_secs),
+        esc(&d.limits_reason),
         esc(&d.limits),
         esc(&d.isolation),
         esc(&budget),

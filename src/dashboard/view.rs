@@ -13,8 +13,10 @@ use crate::snapshot::{GatewayView, InstanceState, ProjectView, Snapshot};
 pub(super) struct Daemon {
     pub version: String,
     pub started_at: String,
-    /// `systemd (…)`, `cgroup (…)`, `rlimit (…)`.
+    /// `systemd`, `cgroup` or `rlimit`.
     pub limits: String,
+    /// Why that mechanism (one sentence).
+    pub limits_reason: String,
     /// `landlock ABI 7`, or `none (…)`.
     pub isolation: String,
     pub memory_budget: Option<u64>,
@@ -150,7 +152,8 @@ mod tests {
         Daemon {
             version: "0.1.0".into(),
             started_at: "2026-11-30T10:00:00Z".into(),
-            limits: "cgroup (v1)".into(),
+            limits: "cgroup".into(),
+            limits_reason: "cgroup v1 is writable".into(),
             isolation: "landlock ABI 7".into(),
             memory_budget: Some(1 << 30),
         }

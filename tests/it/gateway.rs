@@ -51,7 +51,7 @@ pub(crate) fn start_project(
     started.json
 }
 
-fn env_value(home: &TestHome, project: &str, key: &str) -> String {
+pub(crate) fn env_value(home: &TestHome, project: &str, key: &str) -> String {
     let text = std::fs::read_to_string(home.env_file(project)).expect("read .env");
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))

@@ -89,9 +89,22 @@
       if (!names.has(tr.dataset.project)) tr.remove();
     }
     for (const r of board.projects) putRow(tbody, r);
+    received = { at: Date.now(), board };
     document.getElementById("empty")?.toggleAttribute("hidden", board.projects.length > 0);
     window.ocmUpdates.push({ at: board.at_ms, shown: Date.now() });
   }
+
+  // Uptimes tick between updates, from the last board received (no request).
+  let received = null;
+  setInterval(() => {
+    if (!received) return;
+    const gone = Math.floor((Date.now() - received.at) / 1000);
+    for (const r of received.board.projects) {
+      if (r.uptime_secs == null) continue;
+      const cell = document.querySelector(`#row-${CSS.escape(r.name)} [data-col=uptime]`);
+      if (cell) cell.textContent = span(r.uptime_secs + gone);
+    }
+  }, 1000);
 
   function showActivity(activity, project) {
     const list = document.getElementById("permissions");

@@ -3,6 +3,7 @@
 //! blocking HTTP client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
 pub mod fake_llm;
 pub mod sshd;
 
@@ -175,7 +176,7 @@ pub fn http(
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+pub fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let end = raw
         .windows(4)
