@@ -39,6 +39,7 @@ pub(crate) mod reply;
 pub(crate) mod error;
 pub(crate) mod front_door;
 pub(crate) mod audit;
+pub(crate) mod clients;
 
 pub(crate) mod atomic_file;
 pub(crate) mod envfile;

@@ -4,9 +4,10 @@
 //! the lock file is deleted), makes sure no other daemon answers on the socket, opens the state
 //! (refusing, and touching nothing, when it is unreadable), then wires the parts: the `.env`
 //! cache, the snapshot channel, the Supervisor (which adopts what an earlier daemon left
-//! running), the Gateway task, and the control socket (`socket`: 0600, a version and a token on
-//! every connection; `dispatch` runs the operations). It ends on a shutdown signal or, unless
-//! `stay`, after `linger` with no client and no Project to look after; nothing polls: its loop
+//! running), the Gateway task, the dashboard, and the control socket (`socket`: 0600, a version
+//! and a token on every connection; `dispatch` runs the operations). It ends on a shutdown signal
+//! or, unless `stay`, after `linger` with no client (a socket connection or an open dashboard
+//! page) and no Project to look after; nothing polls: its loop
 //! wakes on connections, snapshot changes, its lock file's changes and that one deadline.
 //! Instances run in their own sessions: the daemon exiting, even by SIGKILL, leaves them running
 //! for the next one.
@@ -18,14 +19,14 @@ pub(crate) mod socket;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Caller;
+use crate::clients::Clients;
 use crate::config::Config;
 use crate::env_cache::EnvCache;
 use crate::error::ErrorCode;
@@ -184,7 +185,12 @@ pub(crate) async fn run(
         requests,
         stop.clone(),
     ));
-    tokio::spawn(crate::dashboard::run(manager.clone(), stop.clone()));
+    let clients = Arc::new(Clients::default());
+    tokio::spawn(crate::dashboard::run(
+        manager.clone(),
+        clients.clone(),
+        stop.clone(),
+    ));
 
     let control = socket::ControlSocket::bind(&paths.socket())
         .map_err(|err| Refused::internal(format!("binding {}: {err}", paths.socket().display())))?;
@@ -198,16 +204,12 @@ pub(crate) async fn run(
     }
 
     let token = Arc::new(token);
-    let active = Arc::new(AtomicUsize::new(0));
-    let disconnected = Arc::new(Notify::new());
     let mut snapshots = manager.subscribe();
     let linger = manager.config().linger;
     let mut idle_since: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     let exit = loop {
-        let busy = options.stay
-            || active.load(Ordering::SeqCst) > 0
-            || snapshots.borrow().gateway_wanted();
+        let busy = options.stay || clients.any() || snapshots.borrow().gateway_wanted();
         idle_since = match (busy, idle_since) {
             (true, _) => None,
             (false, None) => Some(tokio::time::Instant::now()),
@@ -217,20 +219,17 @@ pub(crate) async fn run(
         tokio::select! {
             accepted = control.listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (manager, active, token, disconnected) =
-                        (manager.clone(), active.clone(), token.clone(), disconnected.clone());
-                    active.fetch_add(1, Ordering::SeqCst);
+                    let (manager, token, present) = (manager.clone(), token.clone(), clients.enter());
                     tokio::spawn(async move {
                         if let Err(err) = serve_connection(&manager, stream, &token).await {
                             tracing::warn!("client connection: {err:#}");
                         }
-                        active.fetch_sub(1, Ordering::SeqCst);
-                        disconnected.notify_one();
+                        drop(present);
                     });
                 }
                 Err(err) => tracing::warn!("accepting a client: {err}"),
             },
-            () = disconnected.notified() => {}
+            () = clients.left() => {}
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     break Exit::Shutdown;

@@ -1,8 +1,9 @@
 //! The dashboard's live streams, as Server-Sent Events.
 //!
 //! `/events` sends the whole board when it connects and again on every snapshot change, so a
-//! reconnecting page resyncs by itself. `/project/<name>/events` sends that Project's row when it
-//! changes, the lines appended to its log (followed with inotify), and its sessions and
+//! reconnecting page resyncs by itself (streams ask for a reconnect within a second).
+//! `/project/<name>/events` sends the end of its log when it connects and then the lines appended
+//! to it (followed with inotify), that Project's row when it changes, and its sessions and
 //! permission requests whenever its Instance reports a session or permission event on its own
 //! event stream. Nothing polls. Every stream ends when the page goes away or the daemon stops.
 
@@ -20,6 +21,9 @@ use tokio::sync::mpsc;
 use super::{Shared, project};
 use crate::project::ProjectName;
 
+/// How soon a browser reconnects a lost stream.
+const RECONNECT: Duration = Duration::from_secs(1);
+
 fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -32,9 +36,10 @@ pub(super) async fn board(State(d): State<Shared>, headers: HeaderMap) -> Respon
         return super::login_needed();
     }
     let snapshots = d.manager.subscribe();
+    let present = d.clients.enter();
     let stream = stream::unfold(
-        (d, snapshots, true),
-        |(d, mut snapshots, first)| async move {
+        (d, snapshots, true, present),
+        |(d, mut snapshots, first, present)| async move {
             if first {
                 snapshots.borrow_and_update();
             } else {
@@ -44,7 +49,9 @@ pub(super) async fn board(State(d): State<Shared>, headers: HeaderMap) -> Respon
                 }
             }
             let event = Event::default().event("board").json_data(d.board()).ok()?;
-            Some((Ok(event), (d, snapshots, false)))
+            // A lost connection comes back within a second (the browser's default is 3 s).
+            let event = if first { event.retry(RECONNECT) } else { event };
+            Some((Ok(event), (d, snapshots, false, present)))
         },
     );
     sse(stream)
@@ -63,7 +70,11 @@ pub(super) async fn project(
         return super::login_needed();
     };
     let (events, received) = mpsc::channel::<Event>(64);
-    tokio::spawn(follow(d, project, events));
+    let present = d.clients.enter();
+    tokio::spawn(async move {
+        follow(d, project, events).await;
+        drop(present);
+    });
     let stream = stream::unfold(received, |mut received| async move {
         received.recv().await.map(|event| (Ok(event), received))
     });
@@ -73,8 +84,18 @@ pub(super) async fn project(
 /// Sends the Project's changes into `events` until the page goes away or the daemon stops.
 async fn follow(d: Shared, project: ProjectName, events: mpsc::Sender<Event>) {
     let mut snapshots = d.manager.subscribe();
-    let log = LogTail::new(d.manager.config().paths.project_log(&project)).await;
-    let mut log = log;
+    let (mut log, tail) = LogTail::start(
+        d.manager.config().paths.project_log(&project),
+        project::LOG_LINES,
+    )
+    .await;
+    let reset = Event::default()
+        .event("log_reset")
+        .retry(RECONNECT)
+        .json_data(Value::from(tail));
+    if events.send(reset.unwrap_or_default()).await.is_err() {
+        return;
+    }
     let watch = crate::fs_watch::DirWatch::new().and_then(|w| {
         w.add_with_appends(&d.manager.config().paths.logs_dir())?;
         Ok(w)
@@ -208,14 +229,43 @@ struct LogTail {
 }
 
 impl LogTail {
-    /// Starts at the file's current end (the page already shows what came before).
-    async fn new(path: std::path::PathBuf) -> LogTail {
-        let probe = path.clone();
-        let offset =
-            tokio::task::spawn_blocking(move || std::fs::metadata(probe).map_or(0, |m| m.len()))
-                .await
-                .unwrap_or(0);
-        LogTail { path, offset }
+    /// The file's last `lines` complete lines, and a tail that goes on right after them: a
+    /// page that (re)connects replaces its log view with these, so nothing is missed or doubled.
+    async fn start(path: std::path::PathBuf, lines: usize) -> (LogTail, Vec<String>) {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Seek as _, SeekFrom};
+            let read = |file: &mut std::fs::File| -> std::io::Result<(u64, Vec<u8>)> {
+                let len = file.metadata()?.len();
+                let start = len.saturating_sub(4 * 1024 * 1024);
+                file.seek(SeekFrom::Start(start))?;
+                let mut bytes = Vec::new();
+                file.take(len - start).read_to_end(&mut bytes)?;
+                Ok((start, bytes))
+            };
+            let Ok((start, bytes)) = std::fs::File::open(&path).and_then(|mut f| read(&mut f))
+            else {
+                return (LogTail { path, offset: 0 }, Vec::new());
+            };
+            let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let text = String::from_utf8_lossy(&bytes[..complete]);
+            let all: Vec<&str> = text.lines().collect();
+            let tail = all[all.len().saturating_sub(lines)..]
+                .iter()
+                .map(|l| crate::logs::strip_ansi(l))
+                .collect();
+            let offset = start + complete as u64;
+            (LogTail { path, offset }, tail)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            (
+                LogTail {
+                    path: std::path::PathBuf::new(),
+                    offset: 0,
+                },
+                Vec::new(),
+            )
+        })
     }
 
     /// The complete lines appended since the last call (at most 256 KiB at a time); starts over

@@ -29,6 +29,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::Clients;
 use crate::front_door::{self, Door};
 use crate::ops::Manager;
 use crate::ops::dashboard_login::Listening;
@@ -43,6 +44,8 @@ struct Dashboard {
     started: Instant,
     /// The HTTP token (`OPENCODE_MANAGER_TOKEN` or `<home>/mcp-http-token`), for `/metrics`.
     metrics_token: Option<Secret>,
+    /// The daemon's clients: an open live stream is one, so the daemon does not linger away.
+    clients: Arc<Clients>,
     /// Fires when the daemon stops: live streams end with it.
     cancel: CancellationToken,
 }
@@ -50,7 +53,7 @@ struct Dashboard {
 type Shared = Arc<Dashboard>;
 
 /// Serves the dashboard until `cancel` fires; says why when it cannot.
-pub(crate) async fn run(manager: Manager, cancel: CancellationToken) {
+pub(crate) async fn run(manager: Manager, clients: Arc<Clients>, cancel: CancellationToken) {
     let (port, host) = (
         manager.config().dashboard_port,
         manager.config().dashboard_host,
@@ -77,8 +80,9 @@ pub(crate) async fn run(manager: Manager, cancel: CancellationToken) {
         daemon: daemon_facts(&manager).await,
         metrics_token: metrics_token(&manager).await,
         manager: manager.clone(),
-        sessions: Sessions::default(),
+        sessions: load_sessions(&manager).await,
         started: Instant::now(),
+        clients,
         cancel: cancel.clone(),
     });
     let door = Door::new(
@@ -126,6 +130,14 @@ async fn daemon_facts(manager: &Manager) -> view::Daemon {
     }
 }
 
+async fn load_sessions(manager: &Manager) -> Sessions {
+    let file = manager.config().paths.home().join("dashboard-sessions");
+    let now = crate::timestamp::now_millis();
+    tokio::task::spawn_blocking(move || Sessions::load(file, now))
+        .await
+        .unwrap_or_default()
+}
+
 async fn metrics_token(manager: &Manager) -> Option<Secret> {
     let file = manager.config().paths.home().join("mcp-http-token");
     tokio::task::spawn_blocking(move || {
@@ -152,7 +164,7 @@ impl Dashboard {
     }
 
     fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        self.sessions.find(headers, Instant::now())
+        self.sessions.find(headers, crate::timestamp::now_millis())
     }
 }
 
@@ -179,7 +191,13 @@ async fn login(State(d): State<Shared>, Query(query): Query<LoginQuery>) -> Resp
     let Some(uid) = d.manager.logins().redeem(&query.code, Instant::now()) else {
         return (StatusCode::FORBIDDEN, Html(page::login_needed())).into_response();
     };
-    let id = d.sessions.open(uid, Instant::now());
+    let id = d.sessions.open(uid, crate::timestamp::now_millis());
+    let writer = d.clone();
+    match tokio::task::spawn_blocking(move || writer.sessions.persist()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!("dashboard sessions not kept for the next daemon ({err})"),
+        Err(err) => tracing::warn!("dashboard sessions not kept for the next daemon ({err})"),
+    }
     let mut response = Redirect::to("/").into_response();
     if let Ok(value) = sessions::set_cookie(&id).parse() {
         response.headers_mut().insert(header::SET_COOKIE, value);

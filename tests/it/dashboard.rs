@@ -172,6 +172,21 @@ fn the_dashboard_follows_every_project_live_and_its_buttons_act_through_the_oper
             std::fs::copy(&shot, docs).expect("update docs/dashboard.png");
         }
 
+        // Without JavaScript the page is complete: a real table with every row and its state.
+        let plain = request(port, "GET", "/", &[("Cookie", &cookie)], "");
+        assert_eq!(plain.status, 200);
+        for needle in [
+            "<table id=\"projects\">",
+            "<th scope=\"row\"><a href=\"/project/alpha\">alpha</a></th>",
+            "state-running\">running</span>",
+            ">Stop beta</button>",
+        ] {
+            assert!(plain.body.contains(needle), "{needle} in {}", plain.body);
+        }
+        for secret in ["ocm_session", &env_value(&home, "alpha", "OPENCODE_SERVER_PASSWORD")] {
+            assert!(!plain.body.contains(secret), "no secret in the page");
+        }
+
         // A foreign Origin is refused, even with the session and its CSRF token.
         let csrf = browser
             .eval("document.querySelector('meta[name=csrf]').content")
@@ -206,6 +221,64 @@ fn the_dashboard_follows_every_project_live_and_its_buttons_act_through_the_oper
             .await;
         let beta = home.run(&["status", "beta"]);
         assert_eq!(beta.json["opencode"]["status"], "stopped", "{beta:?}");
+
+        // The daemon goes away (as on an upgrade): the page says so, reconnects to the next
+        // daemon by itself with the same session, and shows what that one does, without a reload.
+        let daemon = home.daemon_pid().expect("daemon pid");
+        #[allow(clippy::disallowed_methods)]
+        let stopped = std::process::Command::new("kill")
+            .args(["-TERM", &daemon.to_string()])
+            .status()
+            .expect("kill");
+        assert!(stopped.success());
+        browser
+            .wait_for(
+                "the page to notice the lost connection",
+                "document.getElementById('live').textContent !== 'live'",
+                Duration::from_secs(30),
+            )
+            .await;
+        let started = home.run(&["restart", "beta"]);
+        assert_eq!(started.status(), "success", "{started:?}");
+        assert_ne!(home.daemon_pid(), Some(daemon), "a new daemon");
+        browser
+            .wait_for(
+                "the page to reconnect and show beta running again",
+                "document.getElementById('live').textContent === 'live' && document.querySelector('#row-beta').dataset.state === 'running'",
+                Duration::from_secs(60),
+            )
+            .await;
+        assert_eq!(browser.eval("window.noReload === true").await, true, "no reload");
+
+        // Usable at 360 px (only the table scrolls, sideways, inside the page) and dark when
+        // the system is.
+        browser
+            .call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": true}),
+            )
+            .await;
+        browser
+            .call(
+                "Emulation.setEmulatedMedia",
+                json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+            )
+            .await;
+        assert_eq!(
+            browser.eval("document.documentElement.scrollWidth <= 360 && document.querySelector('main').scrollWidth > 360").await,
+            true,
+            "the page fits 360 px; the table scrolls within it"
+        );
+        assert_eq!(
+            browser.eval("getComputedStyle(document.body).backgroundColor").await,
+            "rgb(13, 17, 23)"
+        );
+        browser
+            .call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": 1440, "height": 520, "deviceScaleFactor": 1, "mobile": false}),
+            )
+            .await;
 
         // A permission request, answered from alpha's page, reaches the agent.
         let status = home.run(&["status", "alpha"]);
@@ -280,10 +353,11 @@ fn the_dashboard_follows_every_project_live_and_its_buttons_act_through_the_oper
             })
     };
     assert_eq!(sample("opencode_manager_instance_up", "alpha"), Some(1.0));
-    assert_eq!(sample("opencode_manager_instance_up", "beta"), Some(0.0));
+    assert_eq!(sample("opencode_manager_instance_up", "beta"), Some(1.0), "running again");
+    // Counters start again with each daemon, as Prometheus counters do (this one is new).
     assert_eq!(
         sample("opencode_manager_restarts_total", "alpha"),
-        Some(1.0)
+        Some(0.0)
     );
     assert!(
         scrape

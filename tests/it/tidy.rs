@@ -37,6 +37,7 @@ const LAYERS: &[&str] = &[
     "error",
     "front_door",
     "audit",
+    "clients",
     "atomic_file",
     "envfile",
     "fs_watch",

@@ -125,6 +125,13 @@
     }
   }
 
+  function resetLog(lines) {
+    const log = document.getElementById("log");
+    if (!log) return;
+    log.textContent = lines.map((l) => l + "\n").join("");
+    log.scrollTop = log.scrollHeight;
+  }
+
   function appendLog(lines) {
     const log = document.getElementById("log");
     if (!log) return;
@@ -150,6 +157,7 @@
     const tbody = document.querySelector("#projects tbody");
     connect(`/project/${encodeURIComponent(project)}/events`, {
       row: (r) => putRow(tbody, r),
+      log_reset: resetLog,
       log: appendLog,
       activity: (a) => showActivity(a, project),
     });
