@@ -147,7 +147,7 @@ async fn run(manager: &Manager, envelope: Envelope, progress: Progress, uid: Opt
                 Err(err) => err.into(),
             }
         }
-        Request::DashboardLogin => match ops::dashboard_login::login(manager, uid) {
+        Request::DashboardLogin => match ops::dashboard_login::login(manager, uid).await {
             Ok(url) => {
                 let mut reply = Reply::new(
                     Status::Success,

@@ -37,7 +37,7 @@ fn start_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.05, 2.0, 16))
 }
 
-/// Seconds, from 0.1 ms to about 55 minutes.
+/// Seconds, from 0.1 ms to about 24 minutes.
 fn call_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 3.0, 16))
 }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::audit::Door;
 use crate::config::{Config, Paths};
 use crate::daemon::{self, DaemonOptions};
 use crate::error::ErrorCode;
@@ -235,7 +236,10 @@ fn open_in_browser(url: &str) {
 
 async fn run_serve(paths: Paths, cmd: ServeCmd) -> ExitCode {
     crate::logs::init_client_log();
-    let caller = CallerSettings::from_env();
+    let caller = CallerSettings {
+        door: Door::Mcp,
+        ..CallerSettings::from_env()
+    };
     let result = match cmd.mode {
         ServeMode::Stdio => crate::mcp::serve_stdio(paths, caller).await,
         ServeMode::Http => {

@@ -215,7 +215,10 @@ pub(super) async fn permission(
 fn referer_path(headers: &HeaderMap) -> Option<String> {
     let referer = headers.get(header::REFERER)?.to_str().ok()?;
     let host = headers.get(header::HOST)?.to_str().ok()?;
-    let path = referer.strip_prefix(&format!("http://{host}"))?;
+    let path = referer
+        .strip_prefix("http://")
+        .or_else(|| referer.strip_prefix("https://"))?
+        .strip_prefix(host)?;
     (path.starts_with('/') && !path.starts_with("//")).then(|| path.to_owned())
 }
 

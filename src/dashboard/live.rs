@@ -67,7 +67,11 @@ pub(super) async fn project(
         return super::login_needed();
     }
     let Ok(project) = ProjectName::parse(&name) else {
-        return super::login_needed();
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no project named {name:?}"),
+        )
+            .into_response();
     };
     let (events, received) = mpsc::channel::<Event>(64);
     let present = d.clients.enter();

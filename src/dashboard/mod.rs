@@ -90,6 +90,11 @@ pub(crate) async fn run(manager: Manager, clients: Arc<Clients>, cancel: Cancell
         |_| None,
     );
     let app = router(dashboard).layer(middleware::from_fn_with_state(door, front_door::host_guard));
+    if !host.is_loopback() {
+        tracing::warn!(
+            "the dashboard listens on {address}, beyond loopback, over plain HTTP: put it behind a TLS proxy or reach it through an SSH tunnel"
+        );
+    }
     manager.logins().set_listening(Listening::Yes(address));
     tracing::info!("dashboard listening on http://{address}/");
     let served = axum::serve(front_door::without_delay(listener), app)

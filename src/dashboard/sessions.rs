@@ -115,8 +115,8 @@ pub(super) fn set_cookie(id: &str) -> String {
     format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/")
 }
 
-/// Whether a state-changing request may go on: its `Origin` is this very page's origin (scheme,
-/// host and port of its `Host`), and it carries the session's CSRF token.
+/// Whether a state-changing request may go on: its `Origin` is this very page's origin (host and
+/// port of its `Host`, over http, or https behind a TLS proxy that keeps the `Host`).
 pub(super) fn same_origin(headers: &HeaderMap) -> bool {
     let (Some(origin), Some(host)) = (
         headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
@@ -124,7 +124,10 @@ pub(super) fn same_origin(headers: &HeaderMap) -> bool {
     ) else {
         return false;
     };
-    origin == format!("http://{host}")
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|rest| rest == host)
 }
 
 /// Whether `presented` is the session's CSRF token (compared in constant time).
@@ -204,6 +207,11 @@ mod tests {
             h
         };
         assert!(same_origin(&headers(Some("http://127.0.0.1:3006"))));
+        assert!(
+            same_origin(&headers(Some("https://127.0.0.1:3006"))),
+            "behind a TLS proxy"
+        );
+        assert!(!same_origin(&headers(Some("ftp://127.0.0.1:3006"))));
         assert!(!same_origin(&headers(Some("http://127.0.0.1:8080"))));
         assert!(!same_origin(&headers(Some("http://evil.example"))));
         assert!(!same_origin(&headers(None)));

@@ -60,7 +60,13 @@ impl ServerHandler for GatewayServer {
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
         let since = std::time::Instant::now();
-        let tool = request.name.to_string();
+        // A name that is no tool of ours is counted as `unknown`, so callers cannot grow the
+        // metrics' label set.
+        let tool = if self.tool_router.has_route(&request.name) {
+            request.name.to_string()
+        } else {
+            "unknown".to_owned()
+        };
         let project = request
             .arguments
             .as_ref()

@@ -15,10 +15,15 @@ use crate::ops::Manager;
 /// How long a login code stays valid.
 pub(crate) const CODE_VALID: Duration = Duration::from_secs(60);
 
+/// How long a login waits for a dashboard that is still starting (with a daemon just started).
+const STARTING_WAIT: Duration = Duration::from_secs(10);
+
 /// Where the dashboard listens, once it does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Listening {
-    /// Not started yet, or turned off (`dashboard_port = 0`).
+    /// The daemon has just started and the dashboard is getting ready.
+    Starting,
+    /// Turned off (`dashboard_port = 0`) or unable to listen, and why.
     No(String),
     Yes(std::net::SocketAddr),
 }
@@ -28,14 +33,14 @@ pub(crate) enum Listening {
 pub(crate) struct LoginCodes {
     // A std mutex: held for one map operation, never across an `.await`.
     codes: Mutex<HashMap<String, (Option<u32>, Instant)>>,
-    listening: Mutex<Listening>,
+    listening: tokio::sync::watch::Sender<Listening>,
 }
 
 impl Default for LoginCodes {
     fn default() -> Self {
         LoginCodes {
             codes: Mutex::default(),
-            listening: Mutex::new(Listening::No("the dashboard is starting".into())),
+            listening: tokio::sync::watch::Sender::new(Listening::Starting),
         }
     }
 }
@@ -62,42 +67,53 @@ impl LoginCodes {
     }
 
     pub(crate) fn set_listening(&self, listening: Listening) {
-        *self.listening.lock().unwrap_or_else(|p| p.into_inner()) = listening;
+        self.listening.send_replace(listening);
     }
 
-    pub(crate) fn listening(&self) -> Listening {
-        self.listening
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Where the dashboard listens, waiting (up to [`STARTING_WAIT`]) while it is starting.
+    async fn settled(&self) -> Listening {
+        let mut listening = self.listening.subscribe();
+        let settled = tokio::time::timeout(
+            STARTING_WAIT,
+            listening.wait_for(|l| *l != Listening::Starting),
+        )
+        .await;
+        match settled {
+            Ok(Ok(now)) => now.clone(),
+            _ => Listening::No("it did not start within 10 seconds".into()),
+        }
     }
 }
 
 /// A login URL for the local user `uid`.
-pub(crate) fn login(manager: &Manager, uid: Option<u32>) -> Result<String, OpError> {
+pub(crate) async fn login(manager: &Manager, uid: Option<u32>) -> Result<String, OpError> {
     let codes = manager.logins();
-    let address = match codes.listening() {
+    let address = match codes.settled().await {
         Listening::Yes(address) => address,
-        Listening::No(why) => {
-            return Err(OpError::new(
-                ErrorCode::DashboardUnavailable,
-                format!("the dashboard is not listening: {why}"),
-                "set dashboard_port in opencode-manager.toml (or OPENCODE_MANAGER_DASHBOARD_PORT) to a free port, then restart the daemon",
-            ));
-        }
-    };
-    let host = if address.ip().is_loopback() || address.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else if address.is_ipv6() {
-        format!("[{}]", address.ip())
-    } else {
-        address.ip().to_string()
+        Listening::No(why) => return Err(unavailable(&why)),
+        Listening::Starting => return Err(unavailable("it is starting")),
     };
     let code = codes.issue(uid, Instant::now());
-    Ok(format!(
-        "http://{host}:{}/login?code={code}",
-        address.port()
-    ))
+    Ok(format!("http://{}/login?code={code}", url_host(address)))
+}
+
+fn unavailable(why: &str) -> OpError {
+    OpError::new(
+        ErrorCode::DashboardUnavailable,
+        format!("the dashboard is not listening: {why}"),
+        "set dashboard_port in opencode-manager.toml (or OPENCODE_MANAGER_DASHBOARD_PORT) to a free port, then restart the daemon (kill the pid in opencode-manager.lock; the next command starts it)",
+    )
+}
+
+/// The address a browser should use: `127.0.0.1` for a listener on every IPv4 address, `[::1]`
+/// for one on every IPv6 address, else the listener's own (IPv6 in brackets).
+fn url_host(address: std::net::SocketAddr) -> String {
+    let ip = address.ip();
+    match ip {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => format!("127.0.0.1:{}", address.port()),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => format!("[::1]:{}", address.port()),
+        _ => address.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -122,5 +138,28 @@ mod tests {
         let late = codes.issue(None, t0);
         assert_eq!(codes.redeem(&late, t0 + CODE_VALID), None, "expired");
         assert_eq!(codes.redeem("made-up", t0), None);
+    }
+
+    #[test]
+    fn the_url_names_an_address_a_browser_reaches() {
+        let at = |s: &str| url_host(s.parse().expect("address"));
+        assert_eq!(at("127.0.0.1:3006"), "127.0.0.1:3006");
+        assert_eq!(at("0.0.0.0:3006"), "127.0.0.1:3006");
+        assert_eq!(at("[::1]:3006"), "[::1]:3006");
+        assert_eq!(at("[::]:3006"), "[::1]:3006");
+        assert_eq!(at("192.168.1.5:3006"), "192.168.1.5:3006");
+    }
+
+    #[tokio::test]
+    async fn a_login_waits_for_a_starting_dashboard() {
+        let codes = std::sync::Arc::new(LoginCodes::default());
+        let waiting = tokio::spawn({
+            let codes = codes.clone();
+            async move { codes.settled().await }
+        });
+        tokio::task::yield_now().await;
+        let address: std::net::SocketAddr = "127.0.0.1:3006".parse().expect("address");
+        codes.set_listening(Listening::Yes(address));
+        assert_eq!(waiting.await.expect("join"), Listening::Yes(address));
     }
 }

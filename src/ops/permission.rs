@@ -52,7 +52,7 @@ pub(crate) async fn reply(
         return Err(OpError::new(
             ErrorCode::ProjectNotRunning,
             format!("project {project} is not running, so nothing waits for an answer"),
-            format!("start it with opencode-manager start {project}"),
+            format!("start it with opencode-manager restart {project}"),
         ));
     };
     let api = InstanceApi::new(port, env.password.clone());

@@ -353,7 +353,11 @@ fn the_dashboard_follows_every_project_live_and_its_buttons_act_through_the_oper
             })
     };
     assert_eq!(sample("opencode_manager_instance_up", "alpha"), Some(1.0));
-    assert_eq!(sample("opencode_manager_instance_up", "beta"), Some(1.0), "running again");
+    assert_eq!(
+        sample("opencode_manager_instance_up", "beta"),
+        Some(1.0),
+        "running again"
+    );
     // Counters start again with each daemon, as Prometheus counters do (this one is new).
     assert_eq!(
         sample("opencode_manager_restarts_total", "alpha"),

@@ -316,6 +316,16 @@ fn an_rmcp_client_over_stdio_drives_the_whole_workflow() {
         }
         client.cancel().await.expect("close");
     });
+    // The audit log names the MCP server as the door of its tool calls.
+    let audit = home.run(&["audit", "--project", "viastdio"]);
+    let entries = audit.json["entries"].as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e["door"] == "mcp"
+            && e["action"] == "start"
+            && e["caller"]["kind"] == "local_user"),
+        "{audit:?}"
+    );
+    assert!(entries.iter().all(|e| e["door"] == "mcp"), "{audit:?}");
 }
 
 #[test]

@@ -145,7 +145,13 @@
   function connect(url, handlers) {
     const source = new EventSource(url);
     source.onopen = () => { if (live) live.textContent = "live"; };
-    source.onerror = () => { if (live) live.textContent = "reconnecting…"; };
+    source.onerror = () => {
+      if (!live) return;
+      // A closed source was refused (the session ended): only a new login helps.
+      live.textContent = source.readyState === EventSource.CLOSED
+        ? "session ended: run opencode-manager dashboard to log in again"
+        : "reconnecting…";
+    };
     for (const [kind, handle] of Object.entries(handlers)) {
       source.addEventListener(kind, (e) => handle(JSON.parse(e.data)));
     }
