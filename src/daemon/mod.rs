@@ -125,7 +125,13 @@ pub(crate) async fn run(
         .map_err(|err| Refused::internal(format!("locking {}: {err}", lock_path.display())))?
     {
         Acquired::Held(lock) => lock,
-        Acquired::Busy { pid } => return Ok(Exit::AlreadyRunning { pid }),
+        Acquired::Busy { pid: Some(pid) } => return Ok(Exit::AlreadyRunning { pid: Some(pid) }),
+        // The holder is putting a deleted lock file back and has not written its pid yet: ask
+        // it on the socket.
+        Acquired::Busy { pid: None } => {
+            let pid = client::running_daemon(&paths).await;
+            return Ok(Exit::AlreadyRunning { pid });
+        }
     };
     // A daemon whose lock file was deleted still answers on the socket: never run beside it.
     if let Some(pid) = client::running_daemon(&paths).await {
