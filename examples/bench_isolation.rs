@@ -71,9 +71,9 @@ fn main() {
     let key = paths.deploy_key(&project);
     let reach = Reach {
         key: Some(&key),
-        program: Some(&opencode),
+        programs: &[opencode.as_path()],
         path_var: Some(&path_var),
-        bind_port: Some(4100),
+        bind_ports: &[4100],
     };
     let mut builds = Vec::with_capacity(1000);
     for _ in 0..1000 {

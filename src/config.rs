@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::project::{ProjectName, UrlPolicy};
 
 /// The pinned OpenCode version the manager installs when none is found.
-pub const OPENCODE_VERSION: &str = "1.18.33";
+pub const OPENCODE_VERSION: &str = crate::agent::OPENCODE_VERSION;
 
 /// Every path under the manager home, in the original's layout (README "File Structure").
 #[derive(Debug, Clone)]
@@ -131,6 +131,13 @@ impl Paths {
     pub fn runtime_dir(&self) -> PathBuf {
         self.home.join("opencode-runtime")
     }
+    /// A program of the managed npm packages (`node_modules/.bin/<bin>`).
+    pub fn managed_bin(&self, bin: &str) -> PathBuf {
+        self.runtime_dir()
+            .join("node_modules")
+            .join(".bin")
+            .join(bin)
+    }
     pub fn managed_opencode(&self) -> PathBuf {
         self.runtime_dir()
             .join("node_modules")
@@ -144,6 +151,9 @@ impl Paths {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     opencode_bin: Option<PathBuf>,
+    gemini_bin: Option<PathBuf>,
+    claude_bin: Option<PathBuf>,
+    codex_bin: Option<PathBuf>,
     port_min: Option<u16>,
     port_max: Option<u16>,
     gateway_port: Option<u16>,
@@ -173,8 +183,11 @@ struct FileConfig {
 /// The top-level keys of the config file. A key with one of these names under `[instance_env]`
 /// was almost certainly meant for the top level (TOML puts every key after a table header into
 /// that table), so it is warned about.
-const TOP_LEVEL_KEYS: [&str; 21] = [
+const TOP_LEVEL_KEYS: [&str; 24] = [
     "opencode_bin",
+    "gemini_bin",
+    "claude_bin",
+    "codex_bin",
     "port_min",
     "port_max",
     "gateway_port",
@@ -216,6 +229,9 @@ pub struct Config {
     pub paths: Paths,
     /// `OPENCODE_BIN` from the daemon's environment or the config file.
     pub opencode_bin: Option<PathBuf>,
+    /// The programs of the other agent kinds, by variable (`GEMINI_BIN`, `CLAUDE_BIN`,
+    /// `CODEX_BIN`), from the daemon's environment or the config file (`gemini_bin`, …).
+    pub agent_bins: BTreeMap<String, PathBuf>,
     pub port_range: RangeInclusive<u16>,
     pub gateway_port: u16,
     /// The dashboard's port (0: no dashboard).
@@ -332,6 +348,17 @@ impl Config {
             limits,
             memory_budget,
             opencode_bin: env("OPENCODE_BIN").map(PathBuf::from).or(file.opencode_bin),
+            agent_bins: [
+                ("GEMINI_BIN", file.gemini_bin),
+                ("CLAUDE_BIN", file.claude_bin),
+                ("CODEX_BIN", file.codex_bin),
+            ]
+            .into_iter()
+            .filter_map(|(var, from_file)| {
+                let bin = env(var).map(PathBuf::from).or(from_file)?;
+                Some((var.to_owned(), bin))
+            })
+            .collect(),
             port_range: port_min..=port_max,
             gateway_port,
             dashboard_port,

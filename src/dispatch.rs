@@ -288,6 +288,7 @@ fn start(result: Result<StartReply, OpError>, begun: Begun) -> Reply {
 /// The reply for a running Project (`success`, `already_running`).
 fn running_reply(status: Status, message: &str, running: Running, with_provider: bool) -> Reply {
     let mut reply = Reply::new(status, message);
+    reply.agent = Some(running.agent.to_string());
     reply.opencode_port = Some(running.port);
     reply.opencode_url = Some(format!("http://127.0.0.1:{}", running.port));
     reply.opencode_pid = Some(running.pid);
@@ -334,6 +335,7 @@ fn status(status: ops::status::ProjectStatus) -> Reply {
         (!view.interrupted_sessions.is_empty()).then(|| view.interrupted_sessions.clone());
     reply.memory_bytes = view.memory_bytes;
     reply.isolation = view.isolation.clone();
+    reply.agent = Some(view.agent.to_string());
     reply.uptime_secs = uptime_secs;
     reply.opencode_port = view.port;
     reply.sandbox_dir = Some(sandbox_dir);
@@ -382,6 +384,7 @@ fn list(manager: &Manager, list: ops::list::ProjectList) -> Reply {
 fn summary(name: String, view: &ProjectView, sandbox_dir: String) -> ProjectSummary {
     ProjectSummary {
         name,
+        agent: view.agent.to_string(),
         status: view.state.word().to_owned(),
         opencode_running: view.pid.is_some(),
         opencode_port: view.port,

@@ -46,6 +46,10 @@ pub enum ErrorCode {
     InvalidRequest,
     // The operation needs the Project's Instance running, and it is not.
     ProjectNotRunning,
+    // A start asked for another agent kind than the Project's.
+    AgentMismatch,
+    // The program of a Project's agent kind cannot be found or installed.
+    AgentNotFound,
     Internal,
 }
 
@@ -59,6 +63,7 @@ impl ErrorCode {
                 | ErrorCode::InvalidConfig
                 | ErrorCode::InvalidSshKey
                 | ErrorCode::InvalidRequest
+                | ErrorCode::AgentMismatch
         )
     }
 }

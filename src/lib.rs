@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub(crate) mod mcp;
+pub(crate) mod acp_bridge;
 pub(crate) mod daemon;
 pub(crate) mod gateway;
 pub(crate) mod dashboard;
@@ -35,6 +36,7 @@ pub mod config;
 pub(crate) mod limits;
 pub(crate) mod policy;
 pub mod project;
+pub(crate) mod agent;
 pub(crate) mod reply;
 pub(crate) mod error;
 pub(crate) mod front_door;

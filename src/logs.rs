@@ -85,6 +85,18 @@ pub(crate) fn init_daemon_log(path: &Path) -> io::Result<()> {
 }
 
 /// Sends a client's tracing output to stderr (stdout belongs to data and, in MCP stdio mode, JSON-RPC).
+/// The ACP bridge logs to its stderr, which is its Project's log file (`info`: it says when it
+/// listens, which the launch waits for).
+pub(crate) fn init_bridge_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENCODE_MANAGER_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(io::stderr)
+        .try_init();
+}
+
 pub(crate) fn init_client_log() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OPENCODE_MANAGER_LOG")
         .unwrap_or_else(|_| "warn".into());

@@ -68,6 +68,10 @@ pub(crate) struct ProjectEnv {
     pub bearer_token: Secret,
     pub opencode_port: Option<u16>,
     pub opencode_bin: Option<PathBuf>,
+    /// `GEMINI_BIN`, `CLAUDE_BIN`, `CODEX_BIN`: the program of another agent kind.
+    pub agent_bins: Vec<(String, PathBuf)>,
+    /// `AGENT_COMMAND`: the command line of a `custom` ACP agent.
+    pub agent_command: Option<String>,
     /// `IDLE_TIMEOUT` (seconds, or with s/m/h; 0 = never): overrides the daemon-wide idle timeout.
     pub idle_timeout: Option<Option<std::time::Duration>>,
     /// `MEMORY_MAX`, `CPU_MAX`, `TASKS_MAX`: this Project's limits, each overriding the default.
@@ -84,24 +88,20 @@ impl ProjectEnv {
     }
 }
 
-/// Whether a `.env` key is passed to the Instance: provider credentials and endpoints
-/// (`*_API_KEY`, `*_BASE_URL`, `AWS_*`, `AZURE_*`, `GOOGLE_*`, `VERTEX_*`) and OpenCode's own
-/// configuration variables, except those the manager sets itself.
+/// Whether a `.env` key is passed to the Instance: every agent kind's provider credentials,
+/// endpoints and settings (`agent::is_provider_var`), except those the manager sets or reads
+/// itself.
 pub(crate) fn is_instance_var(key: &str) -> bool {
-    const MANAGED: [&str; 4] = [
+    const MANAGED: [&str; 7] = [
         "OPENCODE_SERVER_PASSWORD",
         "OPENCODE_SERVER_USERNAME",
         "OPENCODE_PORT",
         "OPENCODE_BIN",
+        "GEMINI_BIN",
+        "CLAUDE_BIN",
+        "CODEX_BIN",
     ];
-    if MANAGED.contains(&key) {
-        return false;
-    }
-    key.ends_with("_API_KEY")
-        || key.ends_with("_BASE_URL")
-        || ["AWS_", "AZURE_", "GOOGLE_", "VERTEX_", "OPENCODE_"]
-            .iter()
-            .any(|p| key.starts_with(p))
+    !MANAGED.contains(&key) && crate::agent::is_provider_var(key)
 }
 
 /// Writes the first `.env` of a Project. In development mode it holds fresh random secrets; in
@@ -262,6 +262,17 @@ pub(crate) fn load(path: &Path) -> Result<ProjectEnv, EnvError> {
             .get("OPENCODE_BIN")
             .filter(|v| !v.is_empty())
             .map(expand_tilde),
+        agent_bins: ["GEMINI_BIN", "CLAUDE_BIN", "CODEX_BIN"]
+            .into_iter()
+            .filter_map(|k| {
+                let v = file.get(k).filter(|v| !v.is_empty())?;
+                Some((k.to_owned(), expand_tilde(v)))
+            })
+            .collect(),
+        agent_command: file
+            .get("AGENT_COMMAND")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
         instance_vars,
     })
 }

@@ -41,6 +41,8 @@ pub(crate) struct OpencodeInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct ProjectSummary {
     pub name: String,
+    /// The agent kind (`opencode`, `gemini`, …).
+    pub agent: String,
     pub status: String,
     pub opencode_running: bool,
     pub opencode_port: Option<u16>,
@@ -139,6 +141,9 @@ pub(crate) struct Reply {
     /// `status`: how many times the supervisor restarted the Instance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// `status`, `start`: the agent kind the Project runs (`opencode`, `gemini`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// `status`: how the Instance is confined (`landlock ABI 7`, or `none (<reason>)`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<String>,

@@ -201,12 +201,13 @@ pub struct Reach<'a> {
     /// The deploy key (its `.pub` and the manager's `known_hosts` come with it), for processes that
     /// push and fetch.
     pub key: Option<&'a Path>,
-    /// The agent's program: its directory is readable and executable.
-    pub program: Option<&'a Path>,
+    /// The agent's program (and the ACP bridge's): the installation of each is readable and
+    /// executable.
+    pub programs: &'a [&'a Path],
     /// The `PATH` the process gets; its directories are readable and executable where safe.
     pub path_var: Option<&'a str>,
-    /// The one TCP port the process may bind.
-    pub bind_port: Option<u16>,
+    /// The TCP ports the process may bind (the Instance's, and its agent's own where it has one).
+    pub bind_ports: &'a [u16],
 }
 
 /// What a process of `project` may reach: its `repo/` and `instance/` read-write, its deploy key,
@@ -219,8 +220,8 @@ pub fn confinement_plan(config: &Config, project: &ProjectName, reach: &Reach<'_
         read_write: vec![paths.repo_dir(project), paths.instance_dir(project)],
         read_files: Vec::new(),
         read_exec: Vec::new(),
-        program: None,
-        bind_port: reach.bind_port,
+        programs: Vec::new(),
+        bind_ports: reach.bind_ports.to_vec(),
     };
     // The manager-wide OpenCode config is every Instance's (`OPENCODE_CONFIG` points at it).
     if paths.opencode_config().is_file() {
@@ -235,14 +236,13 @@ pub fn confinement_plan(config: &Config, project: &ProjectName, reach: &Reach<'_
             }
         }
     }
-    if let Some(program) = reach.program.and_then(|p| std::fs::canonicalize(p).ok()) {
-        // The program's directory (a native binary may read files beside it); if that directory
-        // holds the home, only the program itself.
-        let home = std::fs::canonicalize(paths.home()).unwrap_or_else(|_| paths.home().to_owned());
-        plan.program = match program.parent() {
-            Some(dir) if !home.starts_with(dir) => Some(dir.to_owned()),
-            _ => Some(program),
-        };
+    let home = std::fs::canonicalize(paths.home()).unwrap_or_else(|_| paths.home().to_owned());
+    for program in reach
+        .programs
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+    {
+        plan.programs.push(installation_of(&program, &home));
     }
     if let Some(path_var) = reach.path_var {
         plan.read_exec.extend(plan.path_dirs(path_var));
@@ -250,6 +250,20 @@ pub fn confinement_plan(config: &Config, project: &ProjectName, reach: &Reach<'_
     plan.read_exec
         .extend(config.isolation_paths.iter().cloned());
     plan
+}
+
+/// What to grant for a program: the `node_modules` tree an npm package lies in (a script needs its
+/// dependencies), else its directory (a native binary may read files beside it); the program
+/// alone when that would hold the home.
+fn installation_of(program: &Path, home: &Path) -> PathBuf {
+    let tree = program
+        .ancestors()
+        .filter(|a| a.file_name().is_some_and(|n| n == "node_modules"))
+        .last();
+    match tree.or(program.parent()) {
+        Some(dir) if !home.starts_with(dir) => dir.to_owned(),
+        _ => program.to_owned(),
+    }
 }
 
 /// Decides how a process is confined under the configured `isolation` mode and what the kernel

@@ -87,6 +87,8 @@ pub(crate) struct ProjectView {
     pub interrupted_sessions: Vec<String>,
     /// `landlock ABI 7`, or `none (<reason>)`.
     pub isolation: Option<String>,
+    /// The agent kind it runs.
+    pub agent: crate::agent::AgentKind,
     pub provider: Option<ProviderView>,
     /// The last health probe that passed (RFC 3339).
     pub last_health_check: Option<String>,
@@ -171,6 +173,7 @@ impl ProjectView {
             pending_permissions: 0,
             interrupted_sessions: Vec::new(),
             isolation: None,
+            agent: crate::agent::AgentKind::Opencode,
             provider: None,
             last_health_check: None,
             created_at: String::new(),

@@ -97,6 +97,19 @@ enum Command {
         #[arg(long)]
         stay: bool,
     },
+    /// The ACP bridge an ACP agent's instance runs as (started by the daemon, not by hand)
+    #[command(hide = true)]
+    AcpBridge {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        cwd: PathBuf,
+        /// The agent's program and arguments
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +144,9 @@ struct StartCmd {
     /// Use this existing private key instead of generating a deploy key
     #[arg(long)]
     ssh_key: Option<PathBuf>,
+    /// The coding agent: opencode (default), gemini, opencode-acp, claude, codex, custom (kept from the first start)
+    #[arg(long)]
+    agent: Option<String>,
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -152,6 +168,21 @@ pub fn run(cli: Cli) -> ExitCode {
     let mut open_url = false;
     let request = match cli.command {
         Command::Daemon { stay } => return runtime.block_on(run_daemon(paths, stay)),
+        Command::AcpBridge {
+            kind,
+            port,
+            cwd,
+            command,
+        } => {
+            crate::logs::init_bridge_log();
+            let options = crate::acp_bridge::BridgeOptions {
+                kind,
+                port,
+                cwd,
+                command,
+            };
+            return ExitCode::from(runtime.block_on(crate::acp_bridge::run(options)));
+        }
         Command::Serve(cmd) => return runtime.block_on(run_serve(paths, cmd)),
         Command::Start(cmd) => Request::Start(StartArgs {
             project_name: cmd.project,
@@ -163,6 +194,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     .to_string_lossy()
                     .into_owned()
             }),
+            agent: cmd.agent,
         }),
         Command::Status { project } => Request::Status {
             project_name: project,

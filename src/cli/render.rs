@@ -55,16 +55,16 @@ pub(super) fn render(reply: &Reply, json: bool) -> (String, String) {
     if let Some(projects) = &reply.projects {
         let _ = writeln!(
             out,
-            "{:<24} {:<10} {:>6} {:>8}  SANDBOX",
-            "PROJECT", "STATUS", "PORT", "PID"
+            "{:<24} {:<12} {:<10} {:>6} {:>8}  SANDBOX",
+            "PROJECT", "AGENT", "STATUS", "PORT", "PID"
         );
         for p in projects {
             let port = p.opencode_port.map_or("-".into(), |v| v.to_string());
             let pid = p.opencode_pid.map_or("-".into(), |v| v.to_string());
             let _ = writeln!(
                 out,
-                "{:<24} {:<10} {:>6} {:>8}  {}",
-                p.name, p.status, port, pid, p.sandbox_dir
+                "{:<24} {:<12} {:<10} {:>6} {:>8}  {}",
+                p.name, p.agent, p.status, port, pid, p.sandbox_dir
             );
         }
     } else if let Some(lines) = &reply.lines {
@@ -99,6 +99,7 @@ pub(super) fn render(reply: &Reply, json: bool) -> (String, String) {
             ));
         }
         for (label, value) in [
+            ("Agent", &reply.agent),
             ("Sandbox", &reply.sandbox_dir),
             ("Started", &reply.started_at),
             ("Last health check", &reply.last_health_check),

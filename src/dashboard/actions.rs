@@ -143,6 +143,7 @@ pub(super) async fn lifecycle(
                 project_name: name.clone(),
                 git_url,
                 user_ssh_key: None,
+                agent: None,
             })
         }
         "stop" => Request::Stop {

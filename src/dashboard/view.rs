@@ -116,7 +116,7 @@ pub(super) fn row(name: &str, view: &ProjectView, uptime: impl Fn(&str) -> Optio
     let alive = view.pid.is_some();
     Row {
         name: name.to_owned(),
-        agent: "opencode".into(),
+        agent: view.agent.to_string(),
         state: view.state.word(),
         port: view.port,
         pid: view.pid,

@@ -1,5 +1,6 @@
-//! Finding the `opencode` program: `OPENCODE_BIN` (project `.env`, then config or the daemon's
-//! environment), then `PATH`, then the manager's own copy, installed with npm on first need.
+//! Finding an agent's program: its `*_BIN` variable (`OPENCODE_BIN`, `GEMINI_BIN`, …: project
+//! `.env`, then config or the daemon's environment), then `PATH`, then the manager's own copy of
+//! the kind's pinned npm package, installed with npm on first need.
 //!
 //! The only module that runs npm. It never installs anything outside `<home>/opencode-runtime`.
 //! It also asks a program its version (`--version`), which gates the launch to OpenCode 1.x.
@@ -8,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::config::{OPENCODE_VERSION, Paths};
+use crate::agent::{AgentKind, Package};
+use crate::config::Paths;
 
 /// Why no usable `opencode` was found.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +31,26 @@ pub enum Source {
     Installed,
 }
 
-/// Resolves the program without installing anything; `None` means "install the managed copy".
+/// Resolves OpenCode without installing anything; `None` means "install the managed copy".
 pub fn find(
+    project_bin: Option<&Path>,
+    configured: Option<&Path>,
+    paths: &Paths,
+) -> Result<Option<(PathBuf, Source)>, NotFound> {
+    find_package(opencode(), "OPENCODE_BIN", project_bin, configured, paths)
+}
+
+fn opencode() -> Package {
+    AgentKind::Opencode
+        .package()
+        .unwrap_or_else(|| unreachable!("opencode has a package"))
+}
+
+/// Resolves a kind's program (named by `var`, then `PATH`, then the managed copy of `package`)
+/// without installing anything; `None` means "install the managed copy".
+pub(crate) fn find_package(
+    package: Package,
+    var: &str,
     project_bin: Option<&Path>,
     configured: Option<&Path>,
     paths: &Paths,
@@ -41,47 +61,71 @@ pub fn find(
     ] {
         if let Some(bin) = bin {
             return resolve(bin).map(|p| Some((p, source))).ok_or_else(|| NotFound {
-                message: format!("OPENCODE_BIN {} is not an executable file", bin.display()),
-                hint: "fix OPENCODE_BIN (project .env or opencode-manager.toml), or remove it to use PATH or the managed copy".into(),
+                message: format!("{var} {} is not an executable file", bin.display()),
+                hint: format!("fix {var} (project .env or opencode-manager.toml), or remove it to use PATH or the managed copy"),
             });
         }
     }
-    if let Some(found) = search_path("opencode") {
+    if let Some(found) = search_path(package.bin) {
         return Ok(Some((found, Source::Path)));
     }
-    let managed = paths.managed_opencode();
+    let managed = paths.managed_bin(package.bin);
     Ok(is_executable(&managed).then_some((managed, Source::Managed)))
+}
+
+/// A program named by a command word: a path, or a name looked up on `PATH`.
+pub(crate) fn find_command(word: &str) -> Option<PathBuf> {
+    resolve(Path::new(word))
 }
 
 /// Installs the pinned `opencode-ai` package into `<home>/opencode-runtime` with npm.
 pub async fn install(paths: &Paths) -> Result<PathBuf, NotFound> {
+    install_package(opencode(), "OPENCODE_BIN", paths).await
+}
+
+/// The command that installs `package` where the manager looks for it.
+pub(crate) fn install_command(package: Package, paths: &Paths) -> String {
+    format!(
+        "npm install --prefix {} {}@{}",
+        paths.runtime_dir().display(),
+        package.name,
+        package.version
+    )
+}
+
+/// Installs the pinned `package` into `<home>/opencode-runtime` with npm.
+pub(crate) async fn install_package(
+    package: Package,
+    var: &str,
+    paths: &Paths,
+) -> Result<PathBuf, NotFound> {
     let runtime = paths.runtime_dir();
-    let command_text = format!(
-        "npm install --prefix {} opencode-ai@{OPENCODE_VERSION}",
-        runtime.display()
-    );
+    let command_text = install_command(package, paths);
+    let bin_name = package.bin;
     let Some(npm) = search_path("npm") else {
         return Err(NotFound {
-            message: "opencode was not found (OPENCODE_BIN unset, not on PATH, no managed copy) and npm is not installed".into(),
-            hint: format!("install Node.js and npm, or run: {command_text}, or set OPENCODE_BIN"),
+            message: format!(
+                "{bin_name} was not found ({var} unset, not on PATH, no managed copy) and npm is not installed"
+            ),
+            hint: format!("install Node.js and npm, or run: {command_text}, or set {var}"),
         });
     };
     crate::atomic_file::private_dir(&runtime).map_err(|err| NotFound {
         message: format!("creating {}: {err}", runtime.display()),
         hint: "check the permissions of the manager home".into(),
     })?;
-    tracing::info!(dir = %runtime.display(), "opencode not found; installing opencode-ai@{OPENCODE_VERSION} with npm");
+    tracing::info!(dir = %runtime.display(), "{bin_name} not found; installing {}@{} with npm", package.name, package.version);
     #[allow(clippy::disallowed_methods)]
     let mut command = tokio::process::Command::new(npm);
     command
         .args(["install", "--no-audit", "--no-fund", "--prefix"])
         .arg(&runtime)
-        .arg(format!("opencode-ai@{OPENCODE_VERSION}"))
+        .arg(format!("{}@{}", package.name, package.version))
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(600), command.output()).await;
     let failed = |why: String| NotFound {
-        message: format!("installing opencode failed: {why}"),
+        message: format!("installing {bin_name} failed: {why}"),
         hint: format!("run it by hand: {command_text}"),
     };
     let output = output
@@ -96,7 +140,7 @@ pub async fn install(paths: &Paths) -> Result<PathBuf, NotFound> {
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         )));
     }
-    let bin = paths.managed_opencode();
+    let bin = paths.managed_bin(bin_name);
     if is_executable(&bin) {
         Ok(bin)
     } else {

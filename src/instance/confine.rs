@@ -164,11 +164,12 @@ pub struct Plan {
     /// Directories (or files) to read and execute beside the system ones: `PATH` entries and
     /// operator-listed paths. Those inside the home or holding it are dropped.
     pub read_exec: Vec<PathBuf>,
-    /// The agent's installation (read and execute). It may lie inside the home (the managed copy
-    /// under `opencode-runtime/`), but never be the home or hold it.
-    pub program: Option<PathBuf>,
-    /// The only TCP port the process may bind; `None` allows no bind at all.
-    pub bind_port: Option<u16>,
+    /// The agent's installation, and the ACP bridge's program for an ACP agent (read and
+    /// execute). They may lie inside the home (the managed copies under `opencode-runtime/`), but
+    /// never be the home or hold it.
+    pub programs: Vec<PathBuf>,
+    /// The only TCP ports the process may bind; none allows no bind at all.
+    pub bind_ports: Vec<u16>,
 }
 
 impl Plan {
@@ -297,7 +298,7 @@ pub fn prepare(abi: i32, plan: &Plan) -> Result<Confinement, ConfineError> {
             rules.push((path.clone(), exec, false));
         }
     }
-    if let Some(program) = &plan.program {
+    for program in &plan.programs {
         if plan.holds_home(program) {
             return Err(fail(format!(
                 "the agent's installation {} holds the manager home; install it elsewhere",
@@ -326,12 +327,12 @@ pub fn prepare(abi: i32, plan: &Plan) -> Result<Confinement, ConfineError> {
             .add_rule(PathBeneath::new(fd, access))
             .map_err(|e| fail(format!("{}: {e}", path.display())))?;
     }
-    if abi >= 4
-        && let Some(port) = plan.bind_port
-    {
-        created = created
-            .add_rule(NetPort::new(port, AccessNet::BindTcp))
-            .map_err(|e| fail(e.to_string()))?;
+    if abi >= 4 {
+        for port in &plan.bind_ports {
+            created = created
+                .add_rule(NetPort::new(*port, AccessNet::BindTcp))
+                .map_err(|e| fail(e.to_string()))?;
+        }
     }
     Ok(Confinement {
         ruleset: Some(created),

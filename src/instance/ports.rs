@@ -68,6 +68,13 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
+/// A free port the system chose (bound and closed at once), for an agent that must listen on a
+/// port of its own beside its Instance's (`opencode acp` serves its own API): not one of the
+/// manager's range, so no Project is ever given it.
+pub fn ephemeral() -> std::io::Result<u16> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr().map(|a| a.port()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,15 +39,37 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
     } = request;
     let config = &host.config;
     let paths = &config.paths;
-    let program = program::resolve_program(host, &env, &progress).await?;
+    let kind = host
+        .store
+        .snapshot()
+        .projects
+        .get(project.as_str())
+        .map(|r| r.agent)
+        .unwrap_or_default();
+    let repo = paths.repo_dir(&project);
+    let agent = if kind.is_acp() {
+        Some(
+            program::resolve_acp_agent(host, &env, kind, &repo.to_string_lossy(), &progress)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let program = match &agent {
+        Some(_) => bridge_program()?,
+        None => program::resolve_program(host, &env, &progress).await?,
+    };
     let limits = effective_limits(host, &env)?;
     check_budget(host, &project, &limits, &others)?;
     let mechanism = host.limit_mechanism().await.mechanism.clone();
     let port = choose_port(host, &project, &env).await?;
-    progress.step(format!("starting OpenCode on 127.0.0.1:{port}"));
+    progress.step(match kind {
+        crate::agent::AgentKind::Opencode => format!("starting OpenCode on 127.0.0.1:{port}"),
+        _ => format!("starting the {kind} agent behind the ACP bridge on 127.0.0.1:{port}"),
+    });
 
     let dirs = InstanceDirs::of(paths, &project);
-    let (log, log_start) = prepare_files(host, &project, dirs.clone()).await?;
+    let (log, log_start) = prepare_files(host, &project, dirs.clone(), kind).await?;
     let marker = sandbox::marker(paths, &project, &id);
     let env_vars = sandbox::instance_env(
         &InstanceEnvSpec {
@@ -59,9 +81,44 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         },
         |key| std::env::var(key).ok(),
     );
-    let spec = LaunchSpec {
-        program,
-        args: [
+    let mut env_vars = env_vars;
+    env_vars.extend(
+        kind.fixed_env()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    // `opencode acp` also serves its own HTTP API, on a port of its own.
+    let agent_port = match kind {
+        crate::agent::AgentKind::OpencodeAcp => Some(
+            tokio::task::spawn_blocking(crate::instance::ports::ephemeral)
+                .await
+                .map_err(|err| OpError::internal(format!("choosing a port: {err}")))?
+                .map_err(|err| OpError::internal(format!("choosing a port: {err}")))?,
+        ),
+        _ => None,
+    };
+    let args = match &agent {
+        Some((agent_program, agent_args)) => {
+            let mut args = [
+                "acp-bridge",
+                "--kind",
+                kind.as_str(),
+                "--port",
+                &port.to_string(),
+                "--cwd",
+                &repo.to_string_lossy(),
+                "--",
+            ]
+            .map(String::from)
+            .to_vec();
+            args.push(agent_program.to_string_lossy().into_owned());
+            args.extend(agent_args.iter().cloned());
+            if let Some(agent_port) = agent_port {
+                args.extend(["--port".to_owned(), agent_port.to_string()]);
+            }
+            args
+        }
+        None => [
             "serve",
             "--hostname",
             "127.0.0.1",
@@ -70,6 +127,10 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         ]
         .map(String::from)
         .to_vec(),
+    };
+    let spec = LaunchSpec {
+        program,
+        args,
         cwd: paths.repo_dir(&project),
         env: env_vars,
         log: log.clone(),
@@ -91,9 +152,15 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         &project,
         &sandbox::Reach {
             key: Some(&env.ssh_key_path),
-            program: Some(&spec.program),
+            programs: &match &agent {
+                Some((agent_program, _)) => vec![spec.program.as_path(), agent_program.as_path()],
+                None => vec![spec.program.as_path()],
+            },
             path_var,
-            bind_port: Some(port),
+            bind_ports: &[Some(port), agent_port]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
         },
     );
     let confinement =
@@ -256,6 +323,7 @@ async fn prepare_files(
     host: &Host,
     project: &ProjectName,
     dirs: InstanceDirs,
+    kind: crate::agent::AgentKind,
 ) -> Result<(PathBuf, u64), OpError> {
     let paths = host.config.paths.clone();
     let seed = host.config.seed_plugin_stub;
@@ -264,6 +332,22 @@ async fn prepare_files(
         dirs.create(seed)
             .map_err(|err| format!("creating the instance directories: {err}"))?;
         dirs.clear_tmp();
+        if let Some((file, contents)) = crate::agent::home_seed(kind) {
+            let path = dirs.home.join(file);
+            if !path.exists() {
+                let made = path
+                    .parent()
+                    .map_or(Ok(()), crate::atomic_file::private_dir)
+                    .and_then(|()| {
+                        crate::atomic_file::create_new(
+                            &path,
+                            contents.as_bytes(),
+                            crate::atomic_file::PRIVATE,
+                        )
+                    });
+                made.map_err(|err| format!("writing {}: {err}", path.display()))?;
+            }
+        }
         crate::atomic_file::private_dir(&paths.logs_dir())
             .map_err(|err| format!("creating the log directory: {err}"))?;
         let _ = crate::logs::rotate_if_large(&log, crate::logs::ROTATE_AT_BYTES);
@@ -422,4 +506,15 @@ pub(crate) fn store_failure(err: crate::state::store::StoreError) -> OpError {
         err.to_string(),
         "check the manager home's permissions and free space; see manager.log",
     )
+}
+
+/// This very program, which also serves as the ACP bridge (`opencode-manager acp-bridge`).
+fn bridge_program() -> Result<std::path::PathBuf, OpError> {
+    std::env::current_exe().map_err(|err| {
+        OpError::new(
+            ErrorCode::OpencodeStartFailed,
+            format!("cannot find this program's own path to run the ACP bridge: {err}"),
+            "run opencode-manager from a path that exists (not a deleted or replaced file)",
+        )
+    })
 }

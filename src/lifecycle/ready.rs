@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::error::{ErrorCode, OpError};
 use crate::instance::api::InstanceApi;
 
-const LISTENING: &str = "opencode server listening on";
+/// What OpenCode, and the ACP bridge once its agent answered `initialize`, print when they listen.
+const LISTENING: [&str; 2] = ["opencode server listening on", "acp bridge listening on"];
 
 pub(super) struct NotReady {
     pub(super) error: OpError,
@@ -118,7 +119,7 @@ impl LogCursor {
                 }
             }
             cursor.carry.push_str(&text);
-            cursor.listening = cursor.carry.contains(LISTENING);
+            cursor.listening = LISTENING.iter().any(|l| cursor.carry.contains(l));
             if let Some(at) = cursor.carry.rfind('\n') {
                 cursor.carry.drain(..=at);
             }

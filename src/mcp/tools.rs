@@ -32,6 +32,10 @@ pub(crate) struct StartParams {
     /// Absolute path of an existing private key to use instead of a generated deploy key (optional).
     #[serde(default)]
     pub user_ssh_key: Option<String>,
+    /// The coding agent to run (optional, default opencode): opencode, gemini, opencode-acp, claude, codex or custom. Kept from the first start.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^(opencode|gemini|opencode-acp|claude|codex|custom)$"))]
+    pub agent: Option<String>,
 }
 
 /// A project name.
@@ -101,6 +105,7 @@ impl McpServer {
             project_name: p.project_name,
             git_url: p.git_url,
             user_ssh_key: p.user_ssh_key,
+            agent: p.agent,
         };
         self.call(Request::Start(args), Some(ctx)).await
     }

@@ -90,9 +90,9 @@ async fn unsaved_work(manager: &Manager, project: &ProjectName) -> Result<Vec<St
         project,
         &crate::sandbox::Reach {
             key: None,
-            program: None,
+            programs: &[],
             path_var: path_var.as_deref(),
-            bind_port: None,
+            bind_ports: &[],
         },
     );
     let confinement =

@@ -33,6 +33,7 @@ pub(crate) async fn restart(
             project_name: project.to_string(),
             git_url: record.git_url,
             user_ssh_key: None,
+            agent: None,
         };
         return Ok(start::start(manager, args, caller, progress).await?);
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{CallerSettings, Manager};
+use crate::agent::AgentKind;
 use crate::deploy_key::{self, DeployKey};
 use crate::error::{ErrorCode, OpError};
 use crate::git::{self, GitError, Remote};
@@ -28,6 +29,9 @@ pub(crate) struct StartArgs {
     pub git_url: String,
     #[serde(default)]
     pub user_ssh_key: Option<String>,
+    /// The agent kind (`opencode` when absent); a Project keeps the kind of its first start.
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 /// What a start (or restart) did.
@@ -59,6 +63,7 @@ pub(crate) enum StartOutcome {
 /// A running Project, as start and restart report it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Running {
+    pub agent: AgentKind,
     pub pid: i32,
     pub port: u16,
     pub started_at: Option<String>,
@@ -88,6 +93,10 @@ pub(crate) async fn start(
                 .map_err(|err| err.for_project(project.as_str()))?,
         ),
     };
+    let agent = match args.agent.as_deref().filter(|a| !a.is_empty()) {
+        Some(raw) => Some(AgentKind::parse(raw).map_err(|err| err.for_project(project.as_str()))?),
+        None => None,
+    };
     let manager_for_task = manager.clone();
     let task_project = project.clone();
     super::join_in_flight(manager, &project, async move {
@@ -96,6 +105,7 @@ pub(crate) async fn start(
             &manager_for_task,
             &task_project,
             &url,
+            agent,
             user_key,
             caller.mode(),
             &progress,
@@ -124,6 +134,7 @@ async fn bootstrap(
     manager: &Manager,
     project: &ProjectName,
     url: &GitUrl,
+    agent: Option<AgentKind>,
     user_key: Option<DeployKey>,
     mode: Mode,
     progress: &Progress,
@@ -145,6 +156,21 @@ async fn bootstrap(
                     record.git_url
                 ),
                 "use the same git_url, choose another project name, or destroy the project first",
+            ));
+        }
+        if let Some(asked) = agent
+            && asked != record.agent
+        {
+            return Err(OpError::new(
+                ErrorCode::AgentMismatch,
+                format!(
+                    "project {project} runs the {} agent, not {asked}",
+                    record.agent
+                ),
+                format!(
+                    "start it without --agent (or with --agent {}), or destroy it first to change its agent",
+                    record.agent
+                ),
             ));
         }
         if let Some(running) = running(manager, project) {
@@ -190,6 +216,7 @@ async fn bootstrap(
             instance: InstanceRecord::Stopped { last_exit: None },
             created_at: crate::timestamp::now(),
             isolation: None,
+            agent: agent.unwrap_or_default(),
         };
         manager
             .host()
@@ -298,6 +325,11 @@ pub(crate) async fn started_reply(
     StartReply {
         project: project.to_string(),
         outcome: StartOutcome::Started(Running {
+            agent: snapshot
+                .projects
+                .get(project.as_str())
+                .map(|v| v.agent)
+                .unwrap_or_default(),
             pid: started.pid,
             port: started.port,
             started_at: Some(started.started_at),
@@ -320,6 +352,7 @@ fn running(manager: &Manager, project: &ProjectName) -> Option<Running> {
         .then_some(())?;
     let (gateway_url, gateway_port) = manager.gateway_url();
     Some(Running {
+        agent: view.agent,
         pid,
         port,
         started_at: view.started_at.clone(),

@@ -235,6 +235,7 @@ fn project(
         instance,
         created_at,
         isolation: None,
+        agent: crate::agent::AgentKind::Opencode,
     })
 }
 
@@ -365,6 +366,7 @@ mod tests {
             instance,
             created_at: created_at.into(),
             isolation: None,
+            agent: Default::default(),
         }
     }
 

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::AgentKind;
+
 /// The version written by this program. Files without a `version` field are the Python original's.
 pub(crate) const STATE_VERSION: u32 = 2;
 
@@ -61,6 +63,13 @@ pub(crate) struct ProjectRecord {
     /// How the last launched Instance was confined (`landlock ABI 7`, `none (<reason>)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<String>,
+    /// The agent it runs, chosen at its first start (absent: `opencode`, as the original's).
+    #[serde(default, skip_serializing_if = "is_opencode")]
+    pub agent: AgentKind,
+}
+
+fn is_opencode(kind: &AgentKind) -> bool {
+    *kind == AgentKind::Opencode
 }
 
 /// The user's intent for a Project.

@@ -265,6 +265,7 @@ mod tests {
             instance: InstanceRecord::Stopped { last_exit: None },
             created_at: "2026-11-25T00:00:00Z".into(),
             isolation: None,
+            agent: Default::default(),
         }
     }
 

@@ -163,6 +163,7 @@ async fn rig(launches: Vec<LaunchScript>, probes: Vec<Probed>) -> Rig {
                     instance: InstanceRecord::Stopped { last_exit: None },
                     created_at: crate::timestamp::now(),
                     isolation: None,
+                    agent: Default::default(),
                 },
             );
         })

@@ -17,7 +17,7 @@ use crate::support::{pid_alive, wait_until};
 
 type Client = RunningService<RoleClient, ()>;
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,14 +59,14 @@ pub(crate) fn env_value(home: &TestHome, project: &str, key: &str) -> String {
         .to_owned()
 }
 
-fn global_token(home: &TestHome) -> String {
+pub(crate) fn global_token(home: &TestHome) -> String {
     std::fs::read_to_string(home.path().join("global-mcp-token"))
         .expect("global token file")
         .trim()
         .to_owned()
 }
 
-async fn connect(home: &TestHome, token: &str) -> Client {
+pub(crate) async fn connect(home: &TestHome, token: &str) -> Client {
     let config = StreamableHttpClientTransportConfig::with_uri(format!(
         "http://127.0.0.1:{}/mcp",
         home.gateway_port
@@ -84,7 +84,11 @@ async fn connect(home: &TestHome, token: &str) -> Client {
 }
 
 /// Calls a gateway tool: (isError, text, parsed JSON of the text if it is JSON).
-async fn call(client: &Client, tool: &'static str, args: Value) -> (bool, String, Value) {
+pub(crate) async fn call(
+    client: &Client,
+    tool: &'static str,
+    args: Value,
+) -> (bool, String, Value) {
     let mut params = CallToolRequestParams::new(tool);
     params.arguments = args.as_object().cloned();
     let result = client
@@ -115,7 +119,7 @@ fn health(home: &TestHome) -> Option<u16> {
 }
 
 /// Polls a gateway tool until `done` holds for its JSON.
-async fn poll(
+pub(crate) async fn poll(
     client: &Client,
     tool: &'static str,
     args: Value,

@@ -4,6 +4,7 @@
 // Tests start sshd, git and the binaries under test directly.
 #![allow(clippy::disallowed_methods)]
 
+mod agents;
 mod dashboard;
 mod faults;
 mod gateway;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "cli",
     "mcp",
+    "acp_bridge",
     "daemon",
     "gateway",
     "dashboard",
@@ -33,6 +34,7 @@ const LAYERS: &[&str] = &[
     "limits",
     "policy",
     "project",
+    "agent",
     "reply",
     "error",
     "front_door",
@@ -212,10 +214,12 @@ fn used_modules(line: &str) -> Vec<String> {
 #[test]
 fn processes_are_started_only_by_their_owners() {
     // Instances; git; npm and `--version`; systemd-run and systemctl; the daemon; doctor's
-    // `git --version`, `ssh -V`, `npm --version`; `xdg-open` for `dashboard --open`. Clippy refuses `Command::new` elsewhere; this
-    // keeps the list of exceptions to these.
+    // `git --version`, `ssh -V`, `npm --version`; `xdg-open` for `dashboard --open`; the ACP
+    // bridge's one agent. Clippy refuses `Command::new` elsewhere; this keeps the list of
+    // exceptions to these.
     let owners = [
         "instance/process.rs",
+        "acp_bridge/mod.rs",
         "git.rs",
         "instance/binary.rs",
         "instance/cgroupfs.rs",
@@ -344,13 +348,29 @@ fn protocol_crates_stay_at_the_doors() {
         .iter()
         .filter(|s| {
             !in_files(
-                &["mcp/http.rs", "gateway/", "dashboard/", "front_door.rs"],
+                &[
+                    "mcp/http.rs",
+                    "gateway/",
+                    "dashboard/",
+                    "acp_bridge/",
+                    "front_door.rs",
+                ],
                 &s.path,
             )
         })
         .flat_map(|s| s.find("axum::"))
         .collect();
-    assert_none("axum outside mcp/http.rs, gateway/ and front_door.rs", axum);
+    assert_none(
+        "axum outside mcp/http.rs, gateway/, dashboard/, acp_bridge/ and front_door.rs",
+        axum,
+    );
+    // The ACP crate stays in the bridge: the daemon never parses what an agent writes.
+    let acp = sources()
+        .iter()
+        .filter(|s| !in_files(&["acp_bridge/"], &s.path))
+        .flat_map(|s| s.find("agent_client_protocol::"))
+        .collect();
+    assert_none("agent_client_protocol outside acp_bridge/", acp);
 }
 
 #[test]

@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod browser;
+pub mod fake_anthropic;
+pub mod fake_gemini;
 pub mod fake_llm;
 pub mod sshd;
 
