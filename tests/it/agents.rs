@@ -392,3 +392,56 @@ fn the_claude_and_codex_adapters_start_and_answer_initialize() {
         || home.marked_processes().is_empty(),
     );
 }
+
+#[test]
+fn an_idle_acp_agent_is_parked_and_a_gateway_call_starts_it_again() {
+    let sshd = TestSshd::start();
+    let gemini = FakeGemini::start();
+    let home = TestHome::with_opencode(
+        opencode_bin(),
+        "supervisor_probe_interval_secs = 1\nidle_timeout_secs = 3\n",
+    );
+    let mut env = gemini.env();
+    env.push(("GEMINI_BIN".to_owned(), gemini_bin().display().to_string()));
+    let started = start_agent(&home, &sshd, "gem", "gemini", &env);
+    let bridge = started["opencode_pid"].as_i64().expect("pid") as i32;
+    // Watch the state file, not `status`: a status call asks the Instance, which is activity.
+    wait_until("the agent to be parked", Duration::from_secs(60), || {
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(home.path().join("opencode-state.json")).unwrap_or_default(),
+        )
+        .unwrap_or(Value::Null);
+        state["projects"]["gem"]["instance"]["status"] == "idle"
+    });
+    wait_until(
+        "the parked bridge and agent to be gone",
+        Duration::from_secs(10),
+        || home.marked_processes().is_empty(),
+    );
+    runtime().block_on(async {
+        let client = connect(&home, &global_token(&home)).await;
+        let (is_error, text, created) = call(
+            &client,
+            "opencode-session-create",
+            json!({ "server": "gem" }),
+        )
+        .await;
+        assert!(!is_error, "{text}");
+        let (is_error, text, answer) = call(
+            &client,
+            "opencode-session-message",
+            json!({ "server": "gem", "sessionId": created["id"], "content": "Say hello" }),
+        )
+        .await;
+        assert!(!is_error, "{text}");
+        assert_eq!(answer["text"], "Hello from the fake Gemini.");
+        let _ = client.cancel().await;
+    });
+    let status = home.run(&["status", "gem"]);
+    assert_eq!(status.json["opencode"]["status"], "running", "{status:?}");
+    assert_ne!(
+        status.json["opencode_pid"].as_i64(),
+        Some(i64::from(bridge))
+    );
+    home.run(&["stop", "gem"]);
+}
