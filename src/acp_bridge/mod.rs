@@ -137,6 +137,9 @@ async fn serve(options: BridgeOptions) -> Result<u8, String> {
     let (events, _) = broadcast::channel(64);
     let shared = Arc::new(Shared {
         events: Some(events),
+        record: Mutex::new(Record::new(
+            crate::secrets::random_hex(4).expose().to_owned(),
+        )),
         ..Shared::default()
     });
     let (cx, stop) = connect(stdin, stdout, shared.clone()).await?;

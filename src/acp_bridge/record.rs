@@ -116,13 +116,23 @@ impl Permission {
 pub(crate) struct Record {
     sessions: BTreeMap<String, Session>,
     permissions: BTreeMap<String, Permission>,
+    /// Random per bridge, so an id from before a restart never names a new session.
+    launch: String,
     next: u64,
 }
 
 impl Record {
+    /// An empty record whose ids carry `launch` (letters and digits).
+    pub(crate) fn new(launch: String) -> Record {
+        Record {
+            launch,
+            ..Record::default()
+        }
+    }
+
     fn next_id(&mut self, prefix: &str) -> String {
         self.next += 1;
-        format!("{prefix}_{:012}", self.next)
+        format!("{prefix}_{}{:08}", self.launch, self.next)
     }
 
     /// Records a session the agent opened as `acp_id`; returns ours.
@@ -310,9 +320,9 @@ mod tests {
 
     #[test]
     fn a_turn_is_recorded_as_opencode_shows_it() {
-        let mut record = Record::default();
+        let mut record = Record::new("b0a7".into());
         let id = record.open("acp-1".into(), "/r".into(), 10).id.clone();
-        assert!(id.starts_with("ses_"));
+        assert_eq!(id, "ses_b0a700000001");
         assert!(record.begin_turn(&id, "Say hello\nplease", 11).is_some());
         assert!(record.begin_turn(&id, "again", 12).is_none(), "busy");
         assert_eq!(record.status()[&id]["type"], "busy");

@@ -243,7 +243,10 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         })
         .await
         .map_err(store_failure)?;
-    progress.step("OpenCode is ready");
+    progress.step(match kind {
+        crate::agent::AgentKind::Opencode => "OpenCode is ready".to_owned(),
+        _ => format!("the {kind} agent is ready"),
+    });
     let provider = api
         .providers(Duration::from_secs(10))
         .await

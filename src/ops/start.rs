@@ -73,6 +73,9 @@ pub(crate) struct Running {
     pub gateway_port: u16,
 }
 
+/// `opencode acp` 1.18 also serves OpenCode's API on a port of its own, without a password.
+const OPENCODE_ACP_WARNING: &str = "opencode acp also serves its own API on 127.0.0.1 without a password (OpenCode 1.18 ignores OPENCODE_SERVER_PASSWORD there), so another project's agent could drive this one through it; run untrusted text with the opencode kind instead (docs/agents.md)";
+
 const ACCESS_TIMEOUT: Duration = Duration::from_secs(30);
 const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -322,14 +325,18 @@ pub(crate) async fn started_reply(
         warnings.push(error.clone());
     }
     let (gateway_url, gateway_port) = manager.gateway_url();
+    let agent = snapshot
+        .projects
+        .get(project.as_str())
+        .map(|v| v.agent)
+        .unwrap_or_default();
+    if agent == AgentKind::OpencodeAcp {
+        warnings.push(OPENCODE_ACP_WARNING.to_owned());
+    }
     StartReply {
         project: project.to_string(),
         outcome: StartOutcome::Started(Running {
-            agent: snapshot
-                .projects
-                .get(project.as_str())
-                .map(|v| v.agent)
-                .unwrap_or_default(),
+            agent,
             pid: started.pid,
             port: started.port,
             started_at: Some(started.started_at),

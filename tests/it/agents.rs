@@ -2,8 +2,8 @@
 //! `opencode acp` against the fake OpenAI-compatible provider, and the real Gemini CLI against a
 //! fake Gemini API, each through the manager's ACP bridge. A prompt round trip and a permission
 //! request answered through the Gateway, a crash restarted, confinement, stop leaving nothing;
-//! the Claude and Codex adapters start and answer `initialize`; a start with another kind is
-//! refused.
+//! the Claude and Codex adapters and a custom ACP command start and answer `initialize`; a
+//! missing program is named; a start with another kind is refused.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -273,6 +273,16 @@ fn opencode_acp_runs_behind_the_bridge_with_the_same_lifecycle_gateway_and_confi
         .collect();
     assert_eq!(kinds, [("acp", "opencode-acp"), ("plain", "opencode")]);
 
+    // `opencode acp` serves an API of its own on a second port, without a password: the start
+    // says so.
+    let started = home.run(&["restart", "acp"]);
+    assert!(
+        started.json["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("opencode acp also serves its own API")),
+        "{started:?}"
+    );
+
     // A project keeps its kind.
     let url = status.json["git_url"].as_str().expect("git_url").to_owned();
     let mismatch = home.run(&["start", "acp", "--git-url", &url, "--agent", "gemini"]);
@@ -341,7 +351,7 @@ fn gemini_cli_runs_behind_the_bridge_against_a_fake_gemini_api() {
 }
 
 #[test]
-fn the_claude_and_codex_adapters_start_and_answer_initialize() {
+fn the_claude_and_codex_adapters_and_a_custom_agent_start_and_answer_initialize() {
     let sshd = TestSshd::start();
     let anthropic = FakeAnthropic::start();
     let home = TestHome::with_opencode(opencode_bin(), "");
@@ -363,7 +373,29 @@ fn the_claude_and_codex_adapters_start_and_answer_initialize() {
             ("OPENAI_API_KEY".to_owned(), "sk-fake".to_owned()),
         ],
     );
-    for project in ["claude", "codex"] {
+    // Any ACP agent, by its command line.
+    let mut custom = FakeGemini::start().env();
+    custom.push((
+        "AGENT_COMMAND".to_owned(),
+        format!("{} --acp", gemini_bin().display()),
+    ));
+    start_agent(&home, &sshd, "custom", "custom", &custom);
+    // A program that is not there is named, with what to do.
+    let url = sshd.create_repo("missing");
+    let waiting = home.run_dev(&["start", "missing", "--git-url", &url, "--agent", "gemini"]);
+    sshd.authorize(waiting.json["public_key"].as_str().expect("key"));
+    let path = home.env_file("missing");
+    let text = std::fs::read_to_string(&path).expect(".env");
+    std::fs::write(&path, format!("{text}GEMINI_BIN=/nonexistent/gemini\n")).expect("write");
+    let missing = home.run_dev(&["start", "missing", "--git-url", &url]);
+    assert_eq!(missing.error(), "agent_not_found", "{missing:?}");
+    assert!(
+        missing.json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("GEMINI_BIN /nonexistent/gemini")),
+        "{missing:?}"
+    );
+    for project in ["claude", "codex", "custom"] {
         let health = home.run(&["status", project]);
         assert_eq!(health.json["opencode"]["status"], "running", "{health:?}");
         let log = std::fs::read_to_string(
