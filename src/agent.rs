@@ -81,6 +81,18 @@ impl AgentKind {
         }
     }
 
+    /// The memory an Instance of this kind is counted for before it is measured: about what
+    /// `bench_agents` measured idle, rounded up (bridge and agent together).
+    pub(crate) fn estimated_memory(self) -> u64 {
+        const MIB: u64 = 1024 * 1024;
+        match self {
+            AgentKind::Opencode | AgentKind::OpencodeAcp | AgentKind::Custom => 576 * MIB,
+            AgentKind::Gemini => 320 * MIB,
+            AgentKind::Claude => 352 * MIB,
+            AgentKind::Codex => 128 * MIB,
+        }
+    }
+
     /// Whether the kind speaks ACP (and so runs under the bridge).
     pub(crate) fn is_acp(self) -> bool {
         self != AgentKind::Opencode

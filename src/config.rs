@@ -161,6 +161,7 @@ struct FileConfig {
     dashboard_host: Option<std::net::IpAddr>,
     linger_secs: Option<u64>,
     ready_timeout_secs: Option<u64>,
+    max_parallel_starts: Option<usize>,
     allow_https: Option<bool>,
     allow_file: Option<bool>,
     seed_plugin_stub: Option<bool>,
@@ -183,7 +184,7 @@ struct FileConfig {
 /// The top-level keys of the config file. A key with one of these names under `[instance_env]`
 /// was almost certainly meant for the top level (TOML puts every key after a table header into
 /// that table), so it is warned about.
-const TOP_LEVEL_KEYS: [&str; 24] = [
+const TOP_LEVEL_KEYS: [&str; 25] = [
     "opencode_bin",
     "gemini_bin",
     "claude_bin",
@@ -195,6 +196,7 @@ const TOP_LEVEL_KEYS: [&str; 24] = [
     "dashboard_host",
     "linger_secs",
     "ready_timeout_secs",
+    "max_parallel_starts",
     "allow_https",
     "allow_file",
     "seed_plugin_stub",
@@ -242,6 +244,8 @@ pub struct Config {
     pub linger: Duration,
     /// How long an Instance may take to become ready.
     pub ready_timeout: Duration,
+    /// How many Instances may be launching at once (`max_parallel_starts`; default: the CPUs).
+    pub max_parallel_starts: usize,
     pub url_policy: UrlPolicy,
     /// Seed each Instance's config dir so OpenCode skips its background npm install of
     /// `@opencode-ai/plugin` (5–6 s, 64 MB, network) at each fresh start.
@@ -371,6 +375,12 @@ impl Config {
                     .unwrap_or(60),
             ),
             ready_timeout: Duration::from_secs(file.ready_timeout_secs.unwrap_or(60)),
+            max_parallel_starts: file
+                .max_parallel_starts
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+                }),
             url_policy: UrlPolicy {
                 allow_https: file.allow_https.unwrap_or(false),
                 allow_file: file.allow_file.unwrap_or(false),

@@ -11,6 +11,7 @@
 //! - `FAKE_OPENCODE_DELAY_MS`: delay for `slow` (default 3000), `exit-after-ready` and `wedge`
 //!   (default 500).
 //! - `FAKE_OPENCODE_NO_PROVIDERS=1`: `GET /config/providers` lists no provider.
+//! - `FAKE_OPENCODE_RSS_MB`: hold this much touched memory from the start (a measurable size).
 //! - `FAKE_OPENCODE_CHILD_PID_FILE`: where the `child` mode's detached child writes its pid.
 //!
 //! `POST /session/<id>/message` is a turn that runs until a file named `release-turn` appears in
@@ -113,6 +114,11 @@ fn main() -> ExitCode {
         Err(_) => return fail(SERVE_ERROR, 1),
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+    let held_memory: Vec<u8> = std::env::var("FAKE_OPENCODE_RSS_MB")
+        .ok()
+        .and_then(|mb| mb.parse::<usize>().ok())
+        .map_or_else(Vec::new, |mb| vec![1u8; mb << 20]);
+    std::hint::black_box(&held_memory);
     let mut out = std::io::stdout().lock();
     if server.auth.is_none() {
         // The real server warns on stdout before the listening line.

@@ -24,9 +24,6 @@ use crate::sandbox::{self, InstanceDirs, InstanceEnvSpec};
 use crate::snapshot::ProviderView;
 use crate::state::InstanceRecord;
 
-/// What an Instance without a memory limit is assumed to need (about 0.5 GiB, as measured).
-pub(crate) const ASSUMED_INSTANCE_MEMORY: u64 = 512 * 1024 * 1024;
-
 /// Launches the Instance of `request.project` and waits until it answers; records its launch
 /// identity (and a failure) in the state file.
 pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launched, OpError> {
@@ -35,7 +32,6 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         id,
         env,
         progress,
-        others,
     } = request;
     let config = &host.config;
     let paths = &config.paths;
@@ -60,7 +56,7 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         None => program::resolve_program(host, &env, &progress).await?,
     };
     let limits = effective_limits(host, &env)?;
-    check_budget(host, &project, &limits, &others)?;
+    let _slot = host.start_slot(&progress).await;
     let mechanism = host.limit_mechanism().await.mechanism.clone();
     let port = choose_port(host, &project, &env).await?;
     progress.step(match kind {
@@ -463,42 +459,6 @@ pub(crate) fn effective_limits(host: &Host, env: &ProjectEnv) -> Result<Limits, 
         cpu_percent: own.cpu_percent.or(default.cpu_percent),
         tasks: own.tasks.or(default.tasks),
     })
-}
-
-/// Refuses a start that would take the Instances past the aggregate memory budget, naming what
-/// runs. `others` are the other living Instances with the memory each is counted for.
-fn check_budget(
-    host: &Host,
-    project: &ProjectName,
-    limits: &Limits,
-    others: &[(String, u64)],
-) -> Result<(), OpError> {
-    let Some(budget) = host.config.memory_budget else {
-        return Ok(());
-    };
-    let committed: u64 = others.iter().map(|(_, need)| need).sum();
-    let need = limits.memory_bytes.unwrap_or(ASSUMED_INSTANCE_MEMORY);
-    if committed + need <= budget {
-        return Ok(());
-    }
-    let running: Vec<String> = others
-        .iter()
-        .map(|(name, need)| format!("{name} ({} MiB)", need / (1024 * 1024)))
-        .collect();
-    Err(OpError::new(
-        ErrorCode::OverBudget,
-        format!(
-            "starting {project} ({} MiB) would exceed the memory budget of {} MiB; running: {}",
-            need / (1024 * 1024),
-            budget / (1024 * 1024),
-            if running.is_empty() {
-                "nothing".to_owned()
-            } else {
-                running.join(", ")
-            }
-        ),
-        "stop a project, lower MEMORY_MAX, or raise memory_budget in opencode-manager.toml",
-    ))
 }
 
 /// A state write that failed.

@@ -51,12 +51,14 @@ pub(crate) struct Host {
     port_lock: tokio::sync::Mutex<()>,
     /// Serialises the one-time npm install of the managed OpenCode.
     install_lock: tokio::sync::Mutex<()>,
+    /// Start slots (`max_parallel_starts`): launches beyond them wait their turn, so that many
+    /// simultaneous starts do not all run into the ready timeout.
+    start_slots: tokio::sync::Semaphore,
 }
 
 impl Host {
     pub(crate) fn new(config: Config, store: Store, envs: Arc<EnvCache>) -> Host {
         Host {
-            config,
             store,
             envs,
             metrics: crate::metrics::Metrics::default(),
@@ -65,6 +67,8 @@ impl Host {
             versions: Mutex::default(),
             port_lock: tokio::sync::Mutex::new(()),
             install_lock: tokio::sync::Mutex::new(()),
+            start_slots: tokio::sync::Semaphore::new(config.max_parallel_starts),
+            config,
         }
     }
 
@@ -112,6 +116,21 @@ impl Host {
     pub(crate) fn install_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.install_lock
     }
+
+    /// A start slot, said to be waited for when none is free.
+    pub(crate) async fn start_slot(&self, progress: &Progress) -> tokio::sync::SemaphorePermit<'_> {
+        if let Ok(permit) = self.start_slots.try_acquire() {
+            return permit;
+        }
+        progress.step(format!(
+            "waiting for a start slot ({} starts under way; max_parallel_starts)",
+            self.config.max_parallel_starts
+        ));
+        match self.start_slots.acquire().await {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("the start semaphore is never closed"),
+        }
+    }
 }
 
 /// Where an operation reports its steps (MCP progress notifications, CLI stderr lines).
@@ -137,8 +156,6 @@ pub(crate) struct LaunchRequest {
     pub id: String,
     pub env: Arc<ProjectEnv>,
     pub progress: Progress,
-    /// The memory each other living Instance is counted for (the budget).
-    pub others: Vec<(String, u64)>,
 }
 
 /// A running Instance, as the Supervisor refers to it.

@@ -9,6 +9,7 @@
 //! `ops` or `gateway`; slow work runs in the Launcher's tasks, never in the actor.
 
 mod actor;
+mod budget;
 #[cfg(test)]
 mod tests;
 mod tracked;

@@ -50,6 +50,10 @@ pub(super) enum Then {
 /// The Project's process, as the Supervisor knows it.
 pub(super) enum Process {
     None,
+    /// Waiting for memory: the budget parks other Projects first.
+    Queued {
+        plan: LaunchPlan,
+    },
     Launching {
         id: String,
         /// When the launch began (for the start-duration metric).
@@ -166,7 +170,7 @@ impl Tracked {
     pub(super) fn in_transition(&self) -> bool {
         matches!(
             self.process,
-            Process::Launching { .. } | Process::Ending { .. }
+            Process::Queued { .. } | Process::Launching { .. } | Process::Ending { .. }
         )
     }
 
@@ -174,7 +178,7 @@ impl Tracked {
     pub(super) fn instance(&self) -> Option<&Instance> {
         match &self.process {
             Process::Up { instance, .. } | Process::Ending { instance, .. } => Some(instance),
-            Process::None | Process::Launching { .. } => None,
+            Process::None | Process::Queued { .. } | Process::Launching { .. } => None,
         }
     }
 
@@ -224,7 +228,7 @@ impl Tracked {
 
     fn state(&self) -> InstanceState {
         match &self.process {
-            Process::Launching { .. } => InstanceState::Starting,
+            Process::Queued { .. } | Process::Launching { .. } => InstanceState::Starting,
             Process::Ending {
                 then: Then::Relaunch(_),
                 ..

@@ -2,8 +2,9 @@
 //! `opencode acp` against the fake OpenAI-compatible provider, and the real Gemini CLI against a
 //! fake Gemini API, each through the manager's ACP bridge. A prompt round trip and a permission
 //! request answered through the Gateway, a crash restarted, confinement, stop leaving nothing;
-//! the Claude and Codex adapters and a custom ACP command start and answer `initialize`; a
-//! missing program is named; a start with another kind is refused.
+//! Claude's adapter does the same round trip against a fake Anthropic API; the Codex adapter and a
+//! custom ACP command start and answer `initialize`; a missing program is named; a start with
+//! another kind is refused.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -416,6 +417,13 @@ fn the_claude_and_codex_adapters_and_a_custom_agent_start_and_answer_initialize(
         assert!(is_error && text.contains("no session"), "{text}");
         let _ = client.cancel().await;
     });
+    // Claude's adapter also does a whole round trip against the fake Anthropic API.
+    runtime().block_on(round_trip(
+        &home,
+        "claude",
+        "Hello from the fake Claude.",
+        "claude.txt",
+    ));
     let stopped = home.run(&["stop", "--all"]);
     assert_eq!(stopped.status(), "success", "{stopped:?}");
     wait_until(

@@ -48,7 +48,11 @@ impl TestHome {
 
     /// A home whose instances run the fake OpenCode in `mode` (crash, hang, slow, …).
     pub fn fake(mode: &str, extra_toml: &str) -> TestHome {
-        let toml = format!("{extra_toml}\n[instance_env]\nFAKE_OPENCODE_MODE = \"{mode}\"\n");
+        let mode = format!("FAKE_OPENCODE_MODE = \"{mode}\"\n");
+        let toml = match extra_toml.split_once("[instance_env]") {
+            None => format!("{extra_toml}\n[instance_env]\n{mode}"),
+            Some((top, instance_env)) => format!("{top}\n[instance_env]\n{mode}{instance_env}"),
+        };
         TestHome::with_opencode(crate::support::fake_opencode_bin(), &toml)
     }
 

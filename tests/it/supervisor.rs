@@ -292,29 +292,102 @@ fn a_memory_limit_is_enforced_and_an_oom_kill_is_reported_and_restarted() {
 }
 
 #[test]
-fn a_start_past_the_memory_budget_is_refused_naming_what_runs() {
+fn a_start_past_the_memory_budget_parks_the_least_recently_active_first() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    // Each instance holds 160 MiB and may use 200: two do not fit in 300.
+    let home = TestHome::fake(
+        "ok",
+        &format!(
+            "{FAST}memory_max = \"200M\"\nmemory_budget = \"300M\"\n[instance_env]\nFAKE_OPENCODE_RSS_MB = \"160\"\n"
+        ),
+    );
+    let first = home.run_dev(&["start", "first", "--git-url", &url]);
+    assert_eq!(first.status(), "success", "{first:?}");
+    let second = home.run_dev(&["start", "second", "--git-url", &url]);
+    assert_eq!(second.status(), "success", "{second:?}");
+    let list = home.run(&["list"]);
+    let states: Vec<(&str, &str)> = list.json["projects"]
+        .as_array()
+        .expect("projects")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or(""),
+                p["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("first", "idle"), ("second", "running")],
+        "{list:?}"
+    );
+    assert_eq!(home.marked_processes().len(), 1, "the parked one is gone");
+    // A gateway call (here a start) brings the parked one back, parking the other.
+    let again = home.run_dev(&["start", "first", "--git-url", &url]);
+    assert_eq!(again.status(), "success", "{again:?}");
+    assert_eq!(
+        home.run(&["status", "second"]).json["opencode"]["status"],
+        "idle"
+    );
+}
+
+#[test]
+fn a_start_that_parking_cannot_make_room_for_is_refused_naming_what_runs() {
     let repos = tempfile::tempdir().expect("tempdir");
     let url = file_repo(repos.path(), "r");
     let home = TestHome::fake(
         "ok",
-        &format!("{FAST}memory_max = \"600M\"\nmemory_budget = \"1G\"\n"),
+        &format!("{FAST}memory_max = \"600M\"\nmemory_budget = \"500M\"\n"),
     );
-    assert_eq!(
-        home.run_dev(&["start", "first", "--git-url", &url])
-            .status(),
-        "success"
-    );
-    let refused = home.run_dev(&["start", "second", "--git-url", &url]);
+    let refused = home.run_dev(&["start", "big", "--git-url", &url]);
     assert_eq!(refused.error(), "over_budget", "{refused:?}");
     let message = refused.json["message"].as_str().expect("message");
     assert!(
-        message.contains("first (600 MiB)") && message.contains("1024 MiB"),
+        message.contains("starting big (600 MiB)")
+            && message.contains("500 MiB")
+            && message.contains("running: nothing"),
         "{message}"
     );
+    assert!(home.marked_processes().is_empty(), "nothing was started");
+}
+
+#[test]
+fn simultaneous_starts_beyond_the_start_slots_wait_their_turn_and_all_succeed() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let home = TestHome::fake(
+        "slow",
+        &format!(
+            "{FAST}max_parallel_starts = 1\n[instance_env]\nFAKE_OPENCODE_DELAY_MS = \"700\"\n"
+        ),
+    );
+    // One start first, so the daemon is up before the others race.
     assert_eq!(
-        home.marked_processes().len(),
-        1,
-        "nothing was started for the refused project"
+        home.run_dev(&["start", "p0", "--git-url", &url]).status(),
+        "success"
+    );
+    let children: Vec<_> = (1..=3)
+        .map(|n| {
+            home.spawn(
+                &["start", &format!("p{n}"), "--git-url", &url],
+                Some("development"),
+            )
+        })
+        .collect();
+    let mut waited = 0;
+    for child in children {
+        let out = child.wait_with_output().expect("start");
+        let reply: Value = serde_json::from_slice(&out.stdout).expect("json reply");
+        assert_eq!(reply["status"], "success", "{reply}");
+        if String::from_utf8_lossy(&out.stderr).contains("waiting for a start slot") {
+            waited += 1;
+        }
+    }
+    assert!(
+        waited >= 2,
+        "two of three starts waited for the one slot ({waited})"
     );
 }
 

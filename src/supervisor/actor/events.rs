@@ -253,6 +253,7 @@ impl<L: Launcher> Actor<L> {
             Then::Relaunch(plan) => self.launch(name, plan),
         }
         self.drain(name);
+        self.unqueue();
     }
 
     pub(super) fn probed(&mut self, name: &str, id: &str, probed: Probed) {

@@ -7,11 +7,11 @@ use tokio::sync::oneshot;
 
 use super::{Actor, Event, now};
 use crate::error::{ErrorCode, OpError};
-use crate::lifecycle::launch::ASSUMED_INSTANCE_MEMORY;
 use crate::lifecycle::{Ending, LaunchRequest, Launcher, Progress};
 use crate::policy::{self, Action, Observation, Phase, Policy};
 use crate::project::ProjectName;
 use crate::state::Desired;
+use crate::supervisor::budget::{self, Fit};
 use crate::supervisor::tracked::{LaunchPlan, Process, Then};
 
 impl<L: Launcher> Actor<L> {
@@ -141,10 +141,38 @@ impl<L: Launcher> Actor<L> {
         });
     }
 
-    /// Starts a launch task for the Project.
+    /// Starts a launch task for the Project, within the memory budget: parking the least
+    /// recently active Projects first when it must (the launch then waits for them to end), or
+    /// refusing it when nothing that can be parked makes room.
     pub(super) fn launch(&mut self, name: &str, plan: LaunchPlan) {
-        let others = self.others(name);
         let env = plan.env.clone().or_else(|| self.host.envs.get(name));
+        if let Some(budget) = self.host.config.memory_budget {
+            if self.parking_for_budget() {
+                return self.queue(name, plan);
+            }
+            let need = self.need(name, env.as_deref());
+            match budget::fit(name, need, budget, &self.live(name)) {
+                Fit::Fits => {}
+                Fit::Park(victims) => {
+                    plan.progress.step(format!(
+                        "parking {} to stay within the memory budget",
+                        victims.join(", ")
+                    ));
+                    for victim in &victims {
+                        tracing::info!(project = %victim, "parking for the memory budget, to start {name}");
+                        self.park(victim);
+                    }
+                    return self.queue(name, plan);
+                }
+                Fit::Refuse(why) => {
+                    return self.refuse_launch(name, plan, OpError::new(
+                        ErrorCode::OverBudget,
+                        why,
+                        "stop a project, lower MEMORY_MAX, or raise memory_budget in opencode-manager.toml",
+                    ));
+                }
+            }
+        }
         let Some(t) = self.projects.get_mut(name) else {
             return;
         };
@@ -166,7 +194,6 @@ impl<L: Launcher> Actor<L> {
                             id: id.clone(),
                             env,
                             progress,
-                            others,
                         })
                         .await
                 }
@@ -220,18 +247,109 @@ impl<L: Launcher> Actor<L> {
         });
     }
 
-    /// The memory each other living (or launching) Instance is counted for.
-    pub(super) fn others(&self, except: &str) -> Vec<(String, u64)> {
+    /// Holds a launch until the Projects parked for it have ended.
+    fn queue(&mut self, name: &str, plan: LaunchPlan) {
+        if let Some(t) = self.projects.get_mut(name) {
+            t.process = Process::Queued { plan };
+        }
+    }
+
+    /// Whether a Project is ending (parked for the budget, or stopped): its memory is not free
+    /// yet, so a launch that needs the budget waits.
+    fn parking_for_budget(&self) -> bool {
+        self.projects
+            .values()
+            .any(|t| matches!(t.process, Process::Ending { .. }))
+    }
+
+    /// Launches what waited for memory, once nothing is ending any more (each is weighed again).
+    pub(super) fn unqueue(&mut self) {
+        if self.parking_for_budget() {
+            return;
+        }
+        let queued: Vec<String> = self
+            .projects
+            .iter()
+            .filter(|(_, t)| matches!(t.process, Process::Queued { .. }))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in queued {
+            let Some(t) = self.projects.get_mut(&name) else {
+                continue;
+            };
+            if let Process::Queued { plan } = std::mem::replace(&mut t.process, Process::None) {
+                self.launch(&name, plan);
+            }
+        }
+    }
+
+    /// Parks a running Project for the budget, as the policy parks an idle one.
+    fn park(&mut self, name: &str) {
+        if let Some(t) = self.projects.get_mut(name) {
+            t.supervised.phase = Phase::Idle { since: now() };
+        }
+        self.end(name, Ending::Park, Then::Park, Vec::new());
+    }
+
+    /// Ends a launch before it began: its waiters hear `error` as from a failed launch.
+    fn refuse_launch(&mut self, name: &str, plan: LaunchPlan, error: OpError) {
+        let id = crate::secrets::random_id();
+        if let Some(t) = self.projects.get_mut(name) {
+            t.process = Process::Launching {
+                id: id.clone(),
+                since: now(),
+                plan,
+            };
+        }
+        let _ = self.events.send(Event::Launched {
+            project: name.to_owned(),
+            id,
+            result: Err(error),
+        });
+    }
+
+    /// What a launch of the Project needs: its memory limit, else its kind's estimate.
+    fn need(&self, name: &str, env: Option<&crate::project_env::ProjectEnv>) -> u64 {
+        let kind = self.projects.get(name).map(|t| t.agent).unwrap_or_default();
+        env.and_then(|env| crate::lifecycle::launch::effective_limits(&self.host, env).ok())
+            .and_then(|limits| limits.memory_bytes)
+            .unwrap_or_else(|| kind.estimated_memory())
+    }
+
+    /// Every other living or launching Instance, with its memory (measured, else estimated)
+    /// and whether it can be parked.
+    fn live(&self, except: &str) -> Vec<budget::Live> {
         self.projects
             .iter()
             .filter(|(name, _)| name.as_str() != except)
-            .filter_map(|(name, t)| match &t.process {
-                Process::Up { instance, .. } | Process::Ending { instance, .. } => Some((
-                    name.clone(),
-                    instance.memory_limit.unwrap_or(ASSUMED_INSTANCE_MEMORY),
-                )),
-                Process::Launching { .. } => Some((name.clone(), ASSUMED_INSTANCE_MEMORY)),
-                Process::None => None,
+            .filter_map(|(name, t)| {
+                let estimate = t.agent.estimated_memory();
+                let (memory, parkable) = match (&t.process, &t.supervised.phase) {
+                    (Process::None | Process::Queued { .. }, _) => return None,
+                    (Process::Launching { .. }, _) => (estimate, Err("starting".to_owned())),
+                    (Process::Ending { .. }, _) => (
+                        t.observed.memory.unwrap_or(estimate),
+                        Err("stopping".to_owned()),
+                    ),
+                    (Process::Up { .. }, phase) => {
+                        let memory = t.observed.memory.unwrap_or(estimate);
+                        let parkable = if !t.observed.busy.is_empty() {
+                            Err("a session is busy".to_owned())
+                        } else if t.observed.permissions > 0 {
+                            Err("a permission request waits for an answer".to_owned())
+                        } else if let Phase::Running { last_activity, .. } = phase {
+                            Ok(*last_activity)
+                        } else {
+                            Err("not running normally".to_owned())
+                        };
+                        (memory, parkable)
+                    }
+                };
+                Some(budget::Live {
+                    name: name.clone(),
+                    memory,
+                    parkable,
+                })
             })
             .collect()
     }
