@@ -1,7 +1,7 @@
 //! Ending an Instance and everything it started, then recording why.
 //!
-//! The verified sequence: `POST /global/dispose` so OpenCode ends its tools, SIGTERM to the
-//! group, SIGKILL after a grace period, a sweep of processes carrying the Instance's marker, the
+//! The verified sequence: `POST /global/dispose` so OpenCode ends its tools (not for a park: an
+//! idle Instance has nothing under way), SIGTERM to the group, SIGKILL after a grace period, a sweep of processes carrying the Instance's marker, the
 //! removal of its cgroups, and a short wait until its port is free again (so a restart can reuse
 //! it at once). Waits on pidfds, never by polling `/proc`. A process that cannot be proven to be
 //! ours is never signalled.
@@ -28,7 +28,11 @@ pub(crate) async fn end(host: &Host, instance: Instance, why: Ending) {
         ..
     } = instance;
     let paths = &host.config.paths;
-    if let Some(env) = host.envs.get(project.as_str()) {
+    // A parked Instance had no busy session: nothing to dispose of gracefully, and its memory
+    // is wanted at once (a launch may wait for it); the marker sweep still ends its tools.
+    if why != Ending::Park
+        && let Some(env) = host.envs.get(project.as_str())
+    {
         let api = InstanceApi::new(port, env.password.clone());
         let _ = api.dispose(Duration::from_secs(2)).await;
     }

@@ -156,6 +156,8 @@ impl<L: Launcher> Actor<L> {
             }
         }
         self.drain(name);
+        // What was queued for memory may fit now that this launch is up (or gone).
+        self.unqueue();
     }
 
     /// Takes a ready Instance into the Project's entry and watches for its exit.

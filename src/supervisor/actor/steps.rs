@@ -164,6 +164,10 @@ impl<L: Launcher> Actor<L> {
                     }
                     return self.queue(name, plan);
                 }
+                // What is starting or stopping will be parkable or gone soon: wait for it.
+                Fit::Refuse(_) if self.transitions_under_way(name) => {
+                    return self.queue(name, plan);
+                }
                 Fit::Refuse(why) => {
                     return self.refuse_launch(name, plan, OpError::new(
                         ErrorCode::OverBudget,
@@ -260,6 +264,14 @@ impl<L: Launcher> Actor<L> {
         self.projects
             .values()
             .any(|t| matches!(t.process, Process::Ending { .. }))
+    }
+
+    /// Whether another Project is launching or ending (a budget decision may change after it).
+    fn transitions_under_way(&self, except: &str) -> bool {
+        self.projects.iter().any(|(name, t)| {
+            name.as_str() != except
+                && matches!(t.process, Process::Launching { .. } | Process::Ending { .. })
+        })
     }
 
     /// Launches what waited for memory, once nothing is ending any more (each is weighed again).
