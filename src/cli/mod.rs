@@ -21,6 +21,7 @@ use crate::protocol::{Envelope, Request};
 use crate::reply::Reply;
 
 mod render;
+mod service;
 use render::render;
 
 #[derive(Debug, Parser)]
@@ -91,6 +92,18 @@ enum Command {
     },
     /// Serve the opencode_* MCP tools over stdio or Streamable HTTP
     Serve(ServeCmd),
+    /// Install or remove the systemd unit that runs `daemon --stay` as a service
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of this command line or of one of its commands, generated from
+    /// its definition; or write every page into a directory
+    #[command(hide = true)]
+    Man(service::ManCmd),
     /// Run the daemon in the foreground (clients start it on demand)
     Daemon {
         /// Keep running when no project runs (for a service unit)
@@ -184,6 +197,9 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(runtime.block_on(crate::acp_bridge::run(options)));
         }
         Command::Serve(cmd) => return runtime.block_on(run_serve(paths, cmd)),
+        Command::Service(cmd) => return service::run(cmd, &paths, cli.json),
+        Command::Completions { shell } => return service::completions(shell),
+        Command::Man(cmd) => return service::man_pages(cmd),
         Command::Start(cmd) => Request::Start(StartArgs {
             project_name: cmd.project,
             git_url: cmd.git_url,

@@ -16,6 +16,7 @@ mod isolation;
 mod lifecycle;
 mod mcp;
 mod readme;
+mod service;
 mod supervisor;
 mod support;
 mod tidy;
