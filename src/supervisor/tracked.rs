@@ -50,9 +50,11 @@ pub(super) enum Then {
 /// The Project's process, as the Supervisor knows it.
 pub(super) enum Process {
     None,
-    /// Waiting for memory: the budget parks other Projects first.
+    /// Waiting for memory: the Projects it waits for (parked for it, or starting or stopping)
+    /// must finish their transition first.
     Queued {
         plan: LaunchPlan,
+        waiting_for: Vec<String>,
     },
     Launching {
         id: String,

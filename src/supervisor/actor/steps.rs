@@ -147,9 +147,6 @@ impl<L: Launcher> Actor<L> {
     pub(super) fn launch(&mut self, name: &str, plan: LaunchPlan) {
         let env = plan.env.clone().or_else(|| self.host.envs.get(name));
         if let Some(budget) = self.host.config.memory_budget {
-            if self.parking_for_budget() {
-                return self.queue(name, plan);
-            }
             let need = self.need(name, env.as_deref());
             match budget::fit(name, need, budget, &self.live(name)) {
                 Fit::Fits => {}
@@ -162,11 +159,12 @@ impl<L: Launcher> Actor<L> {
                         tracing::info!(project = %victim, "parking for the memory budget, to start {name}");
                         self.park(victim);
                     }
-                    return self.queue(name, plan);
+                    return self.queue(name, plan, victims);
                 }
                 // What is starting or stopping will be parkable or gone soon: wait for it.
-                Fit::Refuse(_) if self.transitions_under_way(name) => {
-                    return self.queue(name, plan);
+                Fit::Refuse(_) if !self.in_transition(name).is_empty() => {
+                    let waiting_for = self.in_transition(name);
+                    return self.queue(name, plan, waiting_for);
                 }
                 Fit::Refuse(why) => {
                     return self.refuse_launch(name, plan, OpError::new(
@@ -251,45 +249,47 @@ impl<L: Launcher> Actor<L> {
         });
     }
 
-    /// Holds a launch until the Projects parked for it have ended.
-    fn queue(&mut self, name: &str, plan: LaunchPlan) {
+    /// Holds a launch until the Projects it waits for have finished their transitions.
+    fn queue(&mut self, name: &str, plan: LaunchPlan, waiting_for: Vec<String>) {
         if let Some(t) = self.projects.get_mut(name) {
-            t.process = Process::Queued { plan };
+            t.process = Process::Queued { plan, waiting_for };
         }
     }
 
-    /// Whether a Project is ending (parked for the budget, or stopped): its memory is not free
-    /// yet, so a launch that needs the budget waits.
-    fn parking_for_budget(&self) -> bool {
+    /// The other Projects launching or ending now.
+    fn in_transition(&self, except: &str) -> Vec<String> {
         self.projects
-            .values()
-            .any(|t| matches!(t.process, Process::Ending { .. }))
+            .iter()
+            .filter(|(name, t)| {
+                name.as_str() != except
+                    && matches!(t.process, Process::Launching { .. } | Process::Ending { .. })
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
-    /// Whether another Project is launching or ending (a budget decision may change after it).
-    fn transitions_under_way(&self, except: &str) -> bool {
-        self.projects.iter().any(|(name, t)| {
-            name.as_str() != except
-                && matches!(t.process, Process::Launching { .. } | Process::Ending { .. })
-        })
-    }
-
-    /// Launches what waited for memory, once nothing is ending any more (each is weighed again).
+    /// Launches what waited for memory once everything it waited for is up or gone (each is
+    /// weighed again: it may park others, or wait again).
     pub(super) fn unqueue(&mut self) {
-        if self.parking_for_budget() {
-            return;
-        }
-        let queued: Vec<String> = self
+        let ready: Vec<String> = self
             .projects
             .iter()
-            .filter(|(_, t)| matches!(t.process, Process::Queued { .. }))
+            .filter(|(_, t)| match &t.process {
+                Process::Queued { waiting_for, .. } => waiting_for.iter().all(|other| {
+                    !self.projects.get(other).is_some_and(|o| {
+                        matches!(o.process, Process::Launching { .. } | Process::Ending { .. })
+                    })
+                }),
+                _ => false,
+            })
             .map(|(name, _)| name.clone())
             .collect();
-        for name in queued {
+        for name in ready {
             let Some(t) = self.projects.get_mut(&name) else {
                 continue;
             };
-            if let Process::Queued { plan } = std::mem::replace(&mut t.process, Process::None) {
+            if let Process::Queued { plan, .. } = std::mem::replace(&mut t.process, Process::None)
+            {
                 self.launch(&name, plan);
             }
         }
