@@ -267,7 +267,9 @@ fn main() {
                 break;
             };
             let mut params = CallToolRequestParams::new("opencode-session-list");
-            params.arguments = serde_json::json!({ "server": project }).as_object().cloned();
+            params.arguments = serde_json::json!({ "server": project })
+                .as_object()
+                .cloned();
             let begun = Instant::now();
             let result = client.call_tool(params).await.unwrap();
             assert_ne!(result.is_error, Some(true), "{result:?}");
@@ -366,19 +368,17 @@ fn main() {
         ms(&mut alone, 0.5),
         ms(&mut alone, 0.99),
         bare_p50 + 300.0,
-        if ms(&mut alone, 0.5) <= bare_p50 + 300.0 { "met" } else { "NOT met" }
-    );
-    println!(
-        "| parked projects (started on demand) | {} | {:.0} ms | {:.0} ms | p50 ≤ baseline + 300 ms ({:.0} ms): {} |",
-        parked.len(),
-        ms(&mut parked, 0.5),
-        ms(&mut parked, 0.99),
-        bare_p50 + 300.0,
-        if ms(&mut parked, 0.5) <= bare_p50 + 300.0 {
+        if ms(&mut alone, 0.5) <= bare_p50 + 300.0 {
             "met"
         } else {
             "NOT met"
         }
+    );
+    println!(
+        "| parked projects, {clients} clients (waiting for start slots) | {} | {:.0} ms | {:.0} ms | |",
+        parked.len(),
+        ms(&mut parked, 0.5),
+        ms(&mut parked, 0.99),
     );
     println!(
         "| live projects | {} | {:.2} ms | {:.2} ms | p50 < 2 ms: {} |",

@@ -262,7 +262,10 @@ impl<L: Launcher> Actor<L> {
             .iter()
             .filter(|(name, t)| {
                 name.as_str() != except
-                    && matches!(t.process, Process::Launching { .. } | Process::Ending { .. })
+                    && matches!(
+                        t.process,
+                        Process::Launching { .. } | Process::Ending { .. }
+                    )
             })
             .map(|(name, _)| name.clone())
             .collect()
@@ -277,7 +280,10 @@ impl<L: Launcher> Actor<L> {
             .filter(|(_, t)| match &t.process {
                 Process::Queued { waiting_for, .. } => waiting_for.iter().all(|other| {
                     !self.projects.get(other).is_some_and(|o| {
-                        matches!(o.process, Process::Launching { .. } | Process::Ending { .. })
+                        matches!(
+                            o.process,
+                            Process::Launching { .. } | Process::Ending { .. }
+                        )
                     })
                 }),
                 _ => false,
@@ -288,8 +294,7 @@ impl<L: Launcher> Actor<L> {
             let Some(t) = self.projects.get_mut(&name) else {
                 continue;
             };
-            if let Process::Queued { plan, .. } = std::mem::replace(&mut t.process, Process::None)
-            {
+            if let Process::Queued { plan, .. } = std::mem::replace(&mut t.process, Process::None) {
                 self.launch(&name, plan);
             }
         }
