@@ -35,15 +35,9 @@ mod fake_llm;
 
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, ProtocolVersion};
-use rmcp::service::RunningService;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient};
+use rmcp::model::CallToolRequestParams;
 use serde_json::{Value, json};
-use support::{Home, arg, file_repo, free_port, manifest, ms};
-
-type Client = RunningService<RoleClient, ()>;
+use support::{Client, Home, arg, connect, file_repo, free_port, manifest, ms};
 
 /// The kinds measured, and the text their fake model answers (none: no prompt measured).
 const KINDS: [(&str, Option<&str>); 5] = [
@@ -53,21 +47,6 @@ const KINDS: [(&str, Option<&str>); 5] = [
     ("claude", Some("Hello from the fake Claude.")),
     ("codex", None),
 ];
-
-async fn connect(port: u16, token: &str) -> Client {
-    let config =
-        StreamableHttpClientTransportConfig::with_uri(format!("http://127.0.0.1:{port}/mcp"))
-            .auth_header(token);
-    let lifecycle = ClientLifecycleMode::Discover {
-        preferred_versions: vec![ProtocolVersion::LATEST],
-    };
-    ().serve_with_lifecycle(
-        StreamableHttpClientTransport::from_config(config),
-        lifecycle,
-    )
-    .await
-    .unwrap()
-}
 
 async fn call(client: &Client, tool: &'static str, args: Value) -> Value {
     let mut params = CallToolRequestParams::new(tool);

@@ -34,34 +34,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, ProtocolVersion};
-use rmcp::service::RunningService;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient};
-use support::{Home, arg, file_repo, free_port, manifest, ms};
-
-type Client = RunningService<RoleClient, ()>;
+use rmcp::model::CallToolRequestParams;
+use support::{Home, arg, connect, file_repo, free_port, manifest, ms};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// What one OpenCode with the fake provider holds once it has answered, about (measured here):
 /// the budget is `--live` of these.
 const PER_INSTANCE_MIB: u64 = 560;
-
-async fn connect(port: u16, token: &str) -> Client {
-    let config =
-        StreamableHttpClientTransportConfig::with_uri(format!("http://127.0.0.1:{port}/mcp"))
-            .auth_header(token);
-    let lifecycle = ClientLifecycleMode::Discover {
-        preferred_versions: vec![ProtocolVersion::LATEST],
-    };
-    ().serve_with_lifecycle(
-        StreamableHttpClientTransport::from_config(config),
-        lifecycle,
-    )
-    .await
-    .unwrap()
-}
 
 /// A tiny deterministic generator (xorshift), so runs draw the same calls.
 struct Draw(u64);

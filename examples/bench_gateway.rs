@@ -29,14 +29,8 @@ mod support;
 
 use std::time::Instant;
 
-use rmcp::model::{CallToolRequestParams, ProtocolVersion};
-use rmcp::service::RunningService;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient};
-use support::{Home, arg, file_repo, free_port, manifest, ms, pyclient};
-
-type Client = RunningService<RoleClient, ()>;
+use rmcp::model::CallToolRequestParams;
+use support::{Client, Home, arg, connect, file_repo, free_port, manifest, ms, pyclient};
 
 /// Direct and through-the-gateway calls with httpx, as the official Python SDK makes them.
 const HTTPX_PROGRAM: &str = r#"
@@ -76,21 +70,6 @@ with httpx.Client(headers=headers) as mcp:
     g50, g99 = timed(call)
 print(json.dumps({"direct": [d50, d99], "gateway": [g50, g99]}))
 "#;
-
-async fn connect(port: u16, token: &str) -> Client {
-    let config =
-        StreamableHttpClientTransportConfig::with_uri(format!("http://127.0.0.1:{port}/mcp"))
-            .auth_header(token);
-    let lifecycle = ClientLifecycleMode::Discover {
-        preferred_versions: vec![ProtocolVersion::LATEST],
-    };
-    ().serve_with_lifecycle(
-        StreamableHttpClientTransport::from_config(config),
-        lifecycle,
-    )
-    .await
-    .unwrap()
-}
 
 async fn session_list(client: &Client) {
     call_tool(client, "opencode-session-list", "bench").await;

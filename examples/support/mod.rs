@@ -127,6 +127,28 @@ impl Drop for Home {
     }
 }
 
+/// An rmcp client of the Gateway at `port` (the newest protocol, stateless).
+pub(crate) type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+
+/// Connects an rmcp client to the Gateway at `port` with the bearer `token`.
+pub(crate) async fn connect(port: u16, token: &str) -> Client {
+    use rmcp::ClientServiceExt as _;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(format!("http://127.0.0.1:{port}/mcp"))
+            .auth_header(token);
+    let lifecycle = rmcp::ClientLifecycleMode::Discover {
+        preferred_versions: vec![rmcp::model::ProtocolVersion::LATEST],
+    };
+    ().serve_with_lifecycle(
+        StreamableHttpClientTransport::from_config(config),
+        lifecycle,
+    )
+    .await
+    .unwrap()
+}
+
 /// The `p` quantile of `samples` (0.5 for the median), in milliseconds.
 pub(crate) fn ms(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
