@@ -13,6 +13,9 @@
 //! cargo build --release --all-features
 //! cargo run --release --all-features --example bench_fleet [-- --projects 200 --live 30 --calls 1000 --clients 8]
 //! ```
+//!
+//! `BENCH_FLEET_LOG=<file>` keeps the daemon's log (each launch and end logs how long its steps
+//! took).
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -305,8 +308,19 @@ fn main() {
                         .cloned();
                     let begun = Instant::now();
                     let result = client.call_tool(params).await;
-                    let ok = result.is_ok_and(|r| r.is_error != Some(true));
-                    results.lock().unwrap().push((parked, begun.elapsed(), ok));
+                    let took = begun.elapsed();
+                    let ok = match result {
+                        Ok(r) if r.is_error != Some(true) => true,
+                        Ok(r) => {
+                            eprintln!("… failed call to {project}: {:?}", r.content);
+                            false
+                        }
+                        Err(err) => {
+                            eprintln!("… failed call to {project}: {err}");
+                            false
+                        }
+                    };
+                    results.lock().unwrap().push((parked, took, ok));
                 }
                 let _ = client.cancel().await;
             }));
@@ -374,6 +388,10 @@ fn main() {
         "| baseline: `opencode serve` warm start + first request, 10 runs | 10 | {bare_p50:.0} ms | {:.0} ms | |",
         ms(&mut bare, 1.0)
     );
+    // The daemon's log, for where the time went (each launch and end logs its steps).
+    if let Some(to) = std::env::var_os("BENCH_FLEET_LOG") {
+        std::fs::copy(home.dir.join("opencode-logs/manager.log"), to).unwrap();
+    }
     println!(
         "\nFailed calls: {failed}. Sampled every 100 ms ({} samples): live instances at most {max_live}; their memory at most {:.0} MiB of the {} MiB budget; samples over the budget: {over}.",
         samples.len(),

@@ -158,14 +158,8 @@ async fn provider_of(
     port: u16,
 ) -> Option<crate::snapshot::ProviderView> {
     let env = host.envs.get(project.as_str())?;
-    let info = InstanceApi::new(port, env.password.clone())
-        .providers(Duration::from_secs(5))
-        .await
-        .ok()?;
-    Some(crate::snapshot::ProviderView {
-        providers: info.providers,
-        model: info.default_model,
-    })
+    let api = InstanceApi::new(port, env.password.clone());
+    super::probe::provider_of(&api, Duration::from_secs(5)).await
 }
 
 /// The adopted Instance's memory limit and its cgroups (found again by name).

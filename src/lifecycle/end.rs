@@ -28,6 +28,7 @@ pub(crate) async fn end(host: &Host, instance: Instance, why: Ending) {
         ..
     } = instance;
     let paths = &host.config.paths;
+    let mut timeline = super::timeline::Timeline::new();
     // A parked Instance had no busy session: nothing to dispose of gracefully, and its memory
     // is wanted at once (a launch may wait for it); the marker sweep still ends its tools.
     if why != Ending::Park
@@ -37,13 +38,18 @@ pub(crate) async fn end(host: &Host, instance: Instance, why: Ending) {
         let _ = api.dispose(Duration::from_secs(2)).await;
     }
     let marker = crate::sandbox::marker(paths, &project, &id);
+    timeline.mark("dispose");
     let report = process::terminate(proc, &marker, GRACE).await;
-    tracing::info!(project = %project, killed = report.killed, swept = report.swept, "ended opencode: {why}");
+    timeline.mark("exit");
     if let Some(enforced) = enforced {
         enforced.remove().await;
     }
+    timeline.mark("limits");
     ports::wait_free(port, Duration::from_secs(3)).await;
+    timeline.mark("port");
     clean_up(host, &project).await;
+    timeline.mark("sweep");
+    let said = why.to_string();
     let outcome = match why {
         Ending::Stop(_) | Ending::Recycle(_) => InstanceRecord::Stopped {
             last_exit: why
@@ -59,6 +65,8 @@ pub(crate) async fn end(host: &Host, instance: Instance, why: Ending) {
         },
     };
     record(host, &project, Some(&id), outcome).await;
+    timeline.mark("recorded");
+    tracing::info!(project = %project, killed = report.killed, swept = report.swept, took = %timeline, "ended opencode: {said}");
 }
 
 /// Records `outcome` as the Project's Instance, if the record still names launch `id` (or

@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::timeline::Timeline;
 use super::{ExitWatch, Host, Instance, LaunchRequest, Launched, program, ready};
 use crate::error::{ErrorCode, OpError};
 use crate::instance::api::InstanceApi;
@@ -21,7 +22,6 @@ use crate::limits::Limits;
 use crate::project::ProjectName;
 use crate::project_env::ProjectEnv;
 use crate::sandbox::{self, InstanceDirs, InstanceEnvSpec};
-use crate::snapshot::ProviderView;
 use crate::state::InstanceRecord;
 
 /// Launches the Instance of `request.project` and waits until it answers; records its launch
@@ -32,9 +32,11 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         id,
         env,
         progress,
+        ask_provider,
     } = request;
     let config = &host.config;
     let paths = &config.paths;
+    let mut timeline = Timeline::new();
     let kind = host
         .store
         .snapshot()
@@ -56,9 +58,12 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         None => program::resolve_program(host, &env, &progress).await?,
     };
     let limits = effective_limits(host, &env)?;
+    timeline.mark("program");
     let _slot = host.start_slot(&progress).await;
+    timeline.mark("slot");
     let mechanism = host.limit_mechanism().await.mechanism.clone();
     let port = choose_port(host, &project, &env).await?;
+    timeline.mark("port");
     progress.step(match kind {
         crate::agent::AgentKind::Opencode => format!("starting OpenCode on 127.0.0.1:{port}"),
         _ => format!("starting the {kind} agent behind the ACP bridge on 127.0.0.1:{port}"),
@@ -175,6 +180,7 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
             "check OPENCODE_BIN and the log",
         )
     })?;
+    timeline.mark("spawn");
     tracing::info!(project = %project, pid = proc.pid, port, isolation = %isolation.describe(), "spawned opencode");
     let enforced = enforce(&mechanism, &marker, proc.pid, &limits, &project).await;
     let pid_file = paths.pid_file(&project);
@@ -198,6 +204,7 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         return Err(store_failure(err));
     }
 
+    timeline.mark("recorded");
     let api = InstanceApi::new(port, env.password.clone());
     let ready = ready::wait_ready(&mut child, &api, &log, log_start, config.ready_timeout).await;
     if let Err(failure) = ready {
@@ -226,6 +233,7 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
                 .await;
         return Err(failure.error);
     }
+    timeline.mark("healthy");
     let started_at = crate::timestamp::now();
     host.store
         .update(|s| {
@@ -239,20 +247,22 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         })
         .await
         .map_err(store_failure)?;
+    timeline.mark("stored");
     progress.step(match kind {
         crate::agent::AgentKind::Opencode => "OpenCode is ready".to_owned(),
         _ => format!("the {kind} agent is ready"),
     });
-    let provider = api
-        .providers(Duration::from_secs(10))
-        .await
-        .ok()
-        .map(|info| ProviderView {
-            providers: info.providers,
-            model: info.default_model,
-        });
+    let provider = if ask_provider {
+        let provider = super::probe::provider_of(&api, Duration::from_secs(10)).await;
+        timeline.mark("provider");
+        provider
+    } else {
+        None
+    };
     let exit = exit_watch(child, enforced.clone());
     let memory = memory_of(proc.pid, enforced.clone()).await;
+    timeline.mark("memory");
+    tracing::info!(project = %project, took = %timeline, "opencode ready");
     Ok(Launched {
         instance: Instance {
             project,

@@ -14,6 +14,7 @@ pub(crate) mod launch;
 pub(crate) mod probe;
 mod program;
 mod ready;
+mod timeline;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -156,6 +157,10 @@ pub(crate) struct LaunchRequest {
     pub id: String,
     pub env: Arc<ProjectEnv>,
     pub progress: Progress,
+    /// Ask the ready Instance which model provider it uses before reporting it ready (a user's
+    /// start, whose reply warns about a missing provider). Otherwise `Launched::provider` is
+    /// `None` and the call that waits is answered as soon as the Instance is healthy.
+    pub ask_provider: bool,
 }
 
 /// A running Instance, as the Supervisor refers to it.
@@ -201,6 +206,8 @@ pub(crate) struct Probed {
     pub memory: Option<u64>,
     /// The CPU time its living processes have used.
     pub cpu: Option<std::time::Duration>,
+    /// Which model provider it uses, when it was asked.
+    pub provider: Option<ProviderView>,
 }
 
 /// Why an Instance is ended, for its record.
@@ -249,8 +256,9 @@ pub(crate) trait Launcher: Send + Sync + 'static {
     /// Ends an Instance and everything it started; waits until they are gone.
     fn end(&self, instance: Instance, why: Ending) -> impl Future<Output = ()> + Send;
 
-    /// Probes a running Instance: health, busy sessions, permissions, connections, memory.
-    fn probe(&self, instance: Instance) -> impl Future<Output = Probed> + Send;
+    /// Probes a running Instance: health, busy sessions, permissions, connections, memory, and
+    /// its model provider when `ask_provider`.
+    fn probe(&self, instance: Instance, ask_provider: bool) -> impl Future<Output = Probed> + Send;
 
     /// Kills what a crashed Instance left behind (its tools' processes) and removes its cgroups.
     fn clean_up(&self, instance: Instance) -> impl Future<Output = ()> + Send;
@@ -275,8 +283,8 @@ impl Launcher for LocalLauncher {
         end::end(&self.host, instance, why).await;
     }
 
-    async fn probe(&self, instance: Instance) -> Probed {
-        probe::probe(&self.host, instance).await
+    async fn probe(&self, instance: Instance, ask_provider: bool) -> Probed {
+        probe::probe(&self.host, instance, ask_provider).await
     }
 
     async fn clean_up(&self, instance: Instance) {

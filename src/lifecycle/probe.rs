@@ -1,14 +1,15 @@
 //! Probing a running Instance: does it answer, which sessions are working, how many permission
-//! requests wait, is anyone connected, how much memory does it use. Observations only: it decides
-//! nothing and records nothing.
+//! requests wait, is anyone connected, how much memory does it use, and (when asked) which model
+//! provider it uses. Observations only: it decides nothing and records nothing.
 
 use std::time::Duration;
 
 use super::{Host, Instance, Probed};
 use crate::instance::api::InstanceApi;
+use crate::snapshot::ProviderView;
 
 /// One probe, each part with a short timeout; `/proc` and cgroup reads run off the async threads.
-pub(crate) async fn probe(host: &Host, instance: Instance) -> Probed {
+pub(crate) async fn probe(host: &Host, instance: Instance, ask_provider: bool) -> Probed {
     let Instance {
         project,
         proc,
@@ -37,10 +38,16 @@ pub(crate) async fn probe(host: &Host, instance: Instance) -> Probed {
     };
     let api = InstanceApi::new(port, env.password.clone());
     let ok = api.health(Duration::from_secs(3)).await.is_ok();
-    let (busy, permissions) = if ok {
-        tokio::join!(busy_sessions(&api), pending_permissions(&api))
+    let (busy, permissions, provider) = if ok {
+        tokio::join!(busy_sessions(&api), pending_permissions(&api), async {
+            if ask_provider {
+                provider_of(&api, Duration::from_secs(5)).await
+            } else {
+                None
+            }
+        })
     } else {
-        (Vec::new(), 0)
+        (Vec::new(), 0, None)
     };
     Probed {
         ok: Some(ok),
@@ -49,7 +56,17 @@ pub(crate) async fn probe(host: &Host, instance: Instance) -> Probed {
         connected,
         memory,
         cpu,
+        provider,
     }
+}
+
+/// Which model provider the Instance uses, as it says now (`GET /config/providers`).
+pub(crate) async fn provider_of(api: &InstanceApi, timeout: Duration) -> Option<ProviderView> {
+    let info = api.providers(timeout).await.ok()?;
+    Some(ProviderView {
+        providers: info.providers,
+        model: info.default_model,
+    })
 }
 
 /// The sessions an Instance reports busy (`GET /session/status` lists only those).

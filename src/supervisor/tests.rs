@@ -108,7 +108,7 @@ impl Launcher for Scripted {
         let _ = self.steps.send((Step::End(why), Instant::now()));
     }
 
-    async fn probe(&self, _instance: Instance) -> Probed {
+    async fn probe(&self, _instance: Instance, _ask_provider: bool) -> Probed {
         let _ = self.steps.send((Step::Probe, Instant::now()));
         self.script().probes.pop_front().unwrap_or(Probed {
             ok: Some(true),

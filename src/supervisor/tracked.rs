@@ -116,7 +116,11 @@ pub(super) struct Tracked {
     pub isolation: Option<Isolation>,
     /// The agent kind, from the record.
     pub agent: crate::agent::AgentKind,
+    /// Which model provider the Instance launched with `launched_env` uses, as it said.
     pub provider: Option<ProviderView>,
+    /// The `.env` the last Instance was launched with (the cache swaps in new values when a
+    /// `.env` changes, so the same value means the same file).
+    pub launched_env: Option<Arc<ProjectEnv>>,
     pub created_at: String,
     pub git_url: String,
     pub sandbox_dir: PathBuf,
@@ -160,6 +164,7 @@ impl Tracked {
             isolation: record.isolation.as_deref().map(Isolation::parse),
             agent: record.agent,
             provider: None,
+            launched_env: None,
             created_at: record.created_at.clone(),
             git_url: record.git_url.clone(),
             sandbox_dir: record.sandbox_dir.clone(),

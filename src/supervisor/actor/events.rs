@@ -1,11 +1,14 @@
 //! What the Launcher's tasks report (launched, exited, ended, probed, gave up), and the
 //! Instances an earlier daemon left running.
 
+use std::sync::Arc;
+
 use super::{Actor, Event, now, started};
 use crate::error::OpError;
 use crate::lifecycle::{Launched, Launcher, Probed};
 use crate::policy::{Observation, Phase, Supervised};
 use crate::project::ProjectName;
+use crate::project_env::ProjectEnv;
 use crate::state::{Desired, InstanceRecord, State};
 use crate::supervisor::tracked::{Observed, Process, Then, Waiter};
 
@@ -22,7 +25,8 @@ impl<L: Launcher> Actor<L> {
             if t.desired == Desired::Running {
                 t.supervised = Supervised::running(now);
             }
-            self.up(&name, launched);
+            let env = self.host.envs.get(&name);
+            self.up(&name, launched, env, true);
         }
         let crashed: Vec<(String, String)> = self
             .projects
@@ -109,7 +113,7 @@ impl<L: Launcher> Actor<L> {
                 self.host
                     .metrics
                     .started(name, now().saturating_duration_since(since).as_secs_f64());
-                self.up(name, launched);
+                self.up(name, launched, plan.env, plan.by_user);
                 let Some(t) = self.projects.get_mut(name) else {
                     return;
                 };
@@ -160,8 +164,16 @@ impl<L: Launcher> Actor<L> {
         self.unqueue();
     }
 
-    /// Takes a ready Instance into the Project's entry and watches for its exit.
-    pub(super) fn up(&mut self, name: &str, launched: Launched) {
+    /// Takes a ready Instance, launched with `env`, into the Project's entry and watches for its
+    /// exit. Its provider is what it said when `asked`; else the view held from before stays
+    /// (launch cleared it if the `.env` changed) and the next probe asks when there is none.
+    pub(super) fn up(
+        &mut self,
+        name: &str,
+        launched: Launched,
+        env: Option<Arc<ProjectEnv>>,
+        asked: bool,
+    ) {
         let Some(t) = self.projects.get_mut(name) else {
             return;
         };
@@ -181,7 +193,10 @@ impl<L: Launcher> Actor<L> {
         t.port = Some(instance.port);
         t.started_at = Some(started_at.clone());
         t.isolation = Some(isolation);
-        t.provider = provider;
+        if asked {
+            t.provider = provider;
+        }
+        t.launched_env = env;
         t.failed = None;
         // Readiness was a health check that passed.
         t.observed = Observed {
@@ -277,6 +292,9 @@ impl<L: Launcher> Actor<L> {
             _ => None,
         };
         t.observed.memory = probed.memory;
+        if probed.provider.is_some() {
+            t.provider = probed.provider;
+        }
         if let Some(used) = probed.cpu {
             t.observed.cpu_sample(now(), used);
         }

@@ -53,11 +53,13 @@ impl<L: Launcher> Actor<L> {
                     return;
                 }
                 *probing = true;
+                // A launch the Supervisor made did not ask (its caller waited only for health).
+                let ask_provider = t.provider.is_none();
                 let (launcher, events) = (self.launcher.clone(), self.events.clone());
                 let (instance, project) = (instance.clone(), name.to_owned());
                 tokio::spawn(async move {
                     let id = instance.id.clone();
-                    let probed = launcher.probe(instance).await;
+                    let probed = launcher.probe(instance, ask_provider).await;
                     let _ = events.send(Event::Probed {
                         project,
                         id,
@@ -178,8 +180,22 @@ impl<L: Launcher> Actor<L> {
         let Some(t) = self.projects.get_mut(name) else {
             return;
         };
+        // A user's start asks which provider the Instance uses (its reply warns when there is
+        // none); the Supervisor's own launches (on demand, after a crash) answer their callers
+        // once the Instance is healthy, and keep what the last Instance said if the `.env` is
+        // the same (else the next probe asks).
+        let ask_provider = plan.by_user;
+        let same_env = match (&t.launched_env, &env) {
+            (Some(before), Some(now)) => std::sync::Arc::ptr_eq(before, now),
+            _ => false,
+        };
+        if !ask_provider && !same_env {
+            t.provider = None;
+        }
         let id = crate::secrets::random_id();
         let progress = plan.progress.clone();
+        let mut plan = plan;
+        plan.env.clone_from(&env);
         t.process = Process::Launching {
             id: id.clone(),
             since: now(),
@@ -196,6 +212,7 @@ impl<L: Launcher> Actor<L> {
                             id: id.clone(),
                             env,
                             progress,
+                            ask_provider,
                         })
                         .await
                 }
