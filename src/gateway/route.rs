@@ -1,7 +1,8 @@
 //! Where a Gateway tool call goes: the `server` it names, resolved within the caller's Scope from
-//! the snapshot (a parked Project is started first), and what a failed call to that Instance
-//! means for the user. Reads no file: the route comes from the snapshot, the password from the
-//! `.env` cache.
+//! the snapshot, then a lease on its Instance from the Supervisor (a parked Project is started
+//! first; a leased Instance is not parked under the call), and what a failed call to that
+//! Instance means for the user. Reads no file: the route comes from the snapshot, the password
+//! from the `.env` cache.
 
 use std::time::Duration;
 
@@ -10,43 +11,45 @@ use crate::instance::api::{ApiError, InstanceApi};
 use crate::ops::Manager;
 use crate::project::ProjectName;
 use crate::snapshot::{InstanceState, Snapshot};
+use crate::supervisor::Lease;
 
 /// Where a call goes, as the snapshot says.
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
-    /// Its Instance runs on this port.
-    Running(ProjectName, u16),
+    /// Its Instance runs.
+    Running(ProjectName),
     /// Parked, or being started: start it (or join that start) first.
     Resume(ProjectName),
 }
 
-/// The Project a call is for, and a client for its Instance. Routed from the snapshot (read in
-/// place, never copied); a parked Project (or one starting) is started, or its start joined,
-/// before the call.
+/// Where one Gateway call goes: the Project, a client for its Instance, and the lease that keeps
+/// the Instance from being parked until the call is answered (dropping it ends the call).
+pub(super) struct Target {
+    pub project: String,
+    pub api: InstanceApi,
+    pub lease: Lease,
+}
+
+/// The Project a call is for, resolved from the snapshot (read in place, never copied), and a
+/// lease on its Instance from the Supervisor, which starts a parked Project (or waits for the
+/// start or end under way) before it answers.
 pub(super) async fn target(
     manager: &Manager,
     scope: &Scope,
     server: Option<String>,
-) -> Result<(String, InstanceApi), String> {
-    let route = decide(&manager.subscribe().borrow(), scope, server)?;
-    let (project, port) = match route {
-        Route::Running(project, port) => {
-            manager.supervisor().touch(project.as_str());
-            (project, port)
-        }
-        Route::Resume(project) => {
-            let port = crate::ops::resume::resume(manager, &project).await?;
-            (project, port)
-        }
-    };
+) -> Result<Target, String> {
+    let (Route::Running(project) | Route::Resume(project)) =
+        decide(&manager.subscribe().borrow(), scope, server)?;
+    let lease = crate::ops::resume::resume(manager, &project).await?;
     let env = manager
         .envs()
         .get(project.as_str())
         .ok_or_else(|| format!("the .env of project {project} is missing or invalid"))?;
-    Ok((
-        project.to_string(),
-        InstanceApi::new(port, env.password.clone()),
-    ))
+    Ok(Target {
+        project: project.to_string(),
+        api: InstanceApi::new(lease.port, env.password.clone()),
+        lease,
+    })
 }
 
 /// Resolves `server` within `scope`: the named Project, the token's own, or the only one
@@ -106,9 +109,7 @@ fn decide(snapshot: &Snapshot, scope: &Scope, server: Option<String>) -> Result<
         ));
     };
     match (view.state, view.port) {
-        (InstanceState::Running | InstanceState::Unhealthy, Some(port)) => {
-            Ok(Route::Running(project, port))
-        }
+        (InstanceState::Running | InstanceState::Unhealthy, Some(_)) => Ok(Route::Running(project)),
         (InstanceState::Idle | InstanceState::Starting, _) => Ok(Route::Resume(project)),
         _ => Err(format!(
             "project {name} is not running; start it with opencode_start (or opencode-manager start {name})"
@@ -174,11 +175,11 @@ mod tests {
         ]);
         assert_eq!(
             decide(&one, &Scope::All, None),
-            Ok(Route::Running(name("a"), 4101))
+            Ok(Route::Running(name("a")))
         );
         assert_eq!(
             decide(&one, &Scope::All, Some("a".into())),
-            Ok(Route::Running(name("a"), 4101))
+            Ok(Route::Running(name("a")))
         );
         let err = decide(&one, &Scope::All, Some("b".into())).expect_err("stopped");
         assert!(err.starts_with("project b is not running"), "{err}");
@@ -215,7 +216,7 @@ mod tests {
             ("b", InstanceState::Running, Some(2)),
         ]);
         let own = Scope::Project("b".into());
-        assert_eq!(decide(&two, &own, None), Ok(Route::Running(name("b"), 2)));
+        assert_eq!(decide(&two, &own, None), Ok(Route::Running(name("b"))));
         let err = decide(&two, &own, Some("a".into())).expect_err("other project");
         assert_eq!(err, "this token reaches only project b, not a");
         let err = decide(&two, &own, Some("zz".into())).expect_err("unknown");

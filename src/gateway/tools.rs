@@ -20,9 +20,9 @@ use super::params::{
     StatusParams,
 };
 use super::results::{assistant_text, checked_id, fail, json_result, text_result, turn_error};
+use super::route::Target;
 use crate::audit::{Caller, Door};
 use crate::front_door::Scope;
-use crate::instance::api::InstanceApi;
 use crate::ops::Manager;
 
 /// How long a synchronous prompt may take (provider retries alone can take a minute).
@@ -275,7 +275,11 @@ impl GatewayServer {
         let Some(id) = checked_id(&p.session_id) else {
             return fail(TOOL, "sessionId must look like ses_…");
         };
-        let (project, api) = match self.target(p.server, &ctx).await {
+        let Target {
+            project,
+            api,
+            lease: _call,
+        } = match self.target(p.server, &ctx).await {
             Ok(target) => target,
             Err(message) => return fail(TOOL, &message),
         };
@@ -380,7 +384,11 @@ impl GatewayServer {
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
         const TOOL: &str = "opencode-session-status";
-        let (project, api) = match self.target(p.server, &ctx).await {
+        let Target {
+            project,
+            api,
+            lease: _call,
+        } = match self.target(p.server, &ctx).await {
             Ok(target) => target,
             Err(message) => return fail(TOOL, &message),
         };
@@ -444,7 +452,11 @@ impl GatewayServer {
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
         const TOOL: &str = "opencode-permission-list";
-        let (project, api) = match self.target(p.server, &ctx).await {
+        let Target {
+            project,
+            api,
+            lease: _call,
+        } = match self.target(p.server, &ctx).await {
             Ok(target) => target,
             Err(message) => return fail(TOOL, &message),
         };
@@ -518,7 +530,11 @@ impl GatewayServer {
         body: Option<Value>,
         timeout: Duration,
     ) -> CallToolResult {
-        let (project, api) = match self.target(server, ctx).await {
+        let Target {
+            project,
+            api,
+            lease: _call,
+        } = match self.target(server, ctx).await {
             Ok(target) => target,
             Err(message) => return fail(tool, &message),
         };
@@ -533,7 +549,7 @@ impl GatewayServer {
         &self,
         server: Option<String>,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<(String, InstanceApi), String> {
+    ) -> Result<Target, String> {
         // The auth layer always sets the scope; without it nothing is reachable.
         let scope =
             scope_of(ctx).ok_or_else(|| "this request carries no credentials".to_owned())?;

@@ -1,10 +1,11 @@
-//! `resume`: the port of a Project a Gateway call needs, starting it first if it is parked. Not a
-//! tool of its own: the Gateway's calls use it. A start already under way is joined.
+//! `resume`: the Instance a Gateway call needs, leased for the call (so it is not parked under
+//! it), starting it first if it is parked. Not a tool of its own: every Gateway call uses it. A
+//! start or end already under way is waited for.
 
 use super::Manager;
 use crate::project::ProjectName;
+use crate::supervisor::Lease;
 
-pub(crate) async fn resume(manager: &Manager, project: &ProjectName) -> Result<u16, String> {
-    manager.supervisor().touch(project.as_str());
-    manager.supervisor().resume(project.clone()).await
+pub(crate) async fn resume(manager: &Manager, project: &ProjectName) -> Result<Lease, String> {
+    manager.supervisor().call(project.clone()).await
 }

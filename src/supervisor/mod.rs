@@ -1,7 +1,7 @@
 //! The Supervisor: one actor that owns the runtime state of every Project's Instance.
 //!
 //! Everything that changes an Instance is a message to it: the commands of [`Handle`] (start,
-//! restart, stop, resume on demand, activity, register, forget) and the events of the steps it
+//! restart, stop, a Gateway call and its end, register, forget) and the events of the steps it
 //! hands to its [`Launcher`] (launched, exited, probed, ended), each reported the moment it
 //! happens (an exit is a pidfd or `wait` becoming ready, not a poll). Its decisions come from the
 //! pure `policy`; its only timers are the policy's deadlines (backoff, next probe, idle). After
@@ -36,6 +36,22 @@ pub(crate) struct Started {
     pub isolation: Isolation,
 }
 
+/// A Gateway call under way on a Project's Instance. While any lives, the Supervisor does not
+/// park that Instance to make room for another; dropping it ends the call (and is activity).
+pub(crate) struct Lease {
+    pub port: u16,
+    project: String,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::CallEnded {
+            project: std::mem::take(&mut self.project),
+        });
+    }
+}
+
 /// The messages the actor takes.
 pub(crate) enum Command {
     /// A Project was created: show it (its record is in the store).
@@ -60,13 +76,14 @@ pub(crate) enum Command {
         reason: String,
         reply: oneshot::Sender<bool>,
     },
-    /// A Gateway call for the Project: start it if it is parked; the reply is its port.
-    Resume {
+    /// A Gateway call for the Project (activity): start it first if it is parked; the reply is
+    /// a [`Lease`] on its Instance.
+    Call {
         project: ProjectName,
-        reply: oneshot::Sender<Result<u16, String>>,
+        reply: oneshot::Sender<Result<Lease, String>>,
     },
-    /// A Gateway call used the Project.
-    Touch { project: String },
+    /// A Gateway call's [`Lease`] ended.
+    CallEnded { project: String },
     /// The Project was destroyed.
     Forget { project: String },
 }
@@ -132,20 +149,14 @@ impl Handle {
         answer.await.unwrap_or(false)
     }
 
-    /// The port of a Project the Gateway needs, starting it first if it is parked.
-    pub(crate) async fn resume(&self, project: ProjectName) -> Result<u16, String> {
+    /// A Gateway call for the Project: a lease on its running Instance, starting it first if it
+    /// is parked (or joining the start or end under way). Counts as activity.
+    pub(crate) async fn call(&self, project: ProjectName) -> Result<Lease, String> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Resume { project, reply });
+        self.send(Command::Call { project, reply });
         answer
             .await
             .unwrap_or_else(|_| Err("the daemon is shutting down".into()))
-    }
-
-    /// Records activity on a Project (a Gateway call for it).
-    pub(crate) fn touch(&self, project: &str) {
-        self.send(Command::Touch {
-            project: project.to_owned(),
-        });
     }
 
     /// Makes a new Project known (shown in the snapshot).
@@ -176,7 +187,10 @@ pub(crate) async fn spawn<L: Launcher>(
 ) -> Handle {
     let (commands, inbox) = mpsc::unbounded_channel();
     let (ready, adopted) = oneshot::channel();
-    tokio::spawn(actor::run(host, launcher, snapshot, inbox, ready, cancel));
+    let leases = commands.clone();
+    tokio::spawn(actor::run(
+        host, launcher, snapshot, inbox, leases, ready, cancel,
+    ));
     let _ = adopted.await;
     Handle { commands }
 }

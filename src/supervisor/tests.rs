@@ -392,8 +392,8 @@ async fn an_idle_instance_is_parked_and_a_gateway_call_launches_it_again() {
         "{idle:?}"
     );
     rig.until(InstanceState::Idle).await;
-    let port = rig.handle.resume(project()).await.expect("resumed");
-    assert_eq!(port, 4101);
+    let call = rig.handle.call(project()).await.expect("resumed");
+    assert_eq!(call.port, 4101);
     assert_eq!(rig.next().await.0, Step::Launch);
     let view = rig.until(InstanceState::Running).await.projects[P].clone();
     assert_eq!(view.desired, Desired::Running);
@@ -406,7 +406,7 @@ async fn activity_keeps_an_instance_from_being_parked() {
     let (_, launched_at) = rig.next().await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(3600)).await;
-        rig.handle.touch(P);
+        drop(rig.handle.call(project()).await.expect("a call"));
     }
     let (step, parked_at) = rig.next().await;
     assert_eq!(step, Step::End(Ending::Park));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::{Command, Started};
+use super::{Command, Lease, Started};
 use crate::error::OpError;
 use crate::instance::confine::Isolation;
 use crate::lifecycle::{Instance, Progress};
@@ -22,7 +22,8 @@ use crate::state::{Desired, InstanceRecord, ProjectRecord};
 /// A caller waiting for a launch.
 pub(super) enum Waiter {
     Start(oneshot::Sender<Result<Started, OpError>>),
-    Resume(oneshot::Sender<Result<u16, String>>),
+    /// A Gateway call for a parked Project.
+    Call(oneshot::Sender<Result<Lease, String>>),
 }
 
 /// How a launch came about, and who waits for it.
@@ -113,6 +114,8 @@ pub(super) struct Tracked {
     /// Why the last start failed (while the user has not started it again).
     pub failed: Option<String>,
     pub observed: Observed,
+    /// Gateway calls under way on the Instance (their leases live): it is not parked for them.
+    pub calls: usize,
     pub isolation: Option<Isolation>,
     /// The agent kind, from the record.
     pub agent: crate::agent::AgentKind,
@@ -161,6 +164,7 @@ impl Tracked {
             last_exit,
             failed,
             observed: Observed::default(),
+            calls: 0,
             isolation: record.isolation.as_deref().map(Isolation::parse),
             agent: record.agent,
             provider: None,
@@ -224,6 +228,15 @@ impl Tracked {
             git_url: self.git_url.clone(),
             sandbox_dir: self.sandbox_dir.clone(),
         }
+    }
+
+    /// Launching or ending, or serving Gateway calls: what it holds may change soon.
+    pub(super) fn unsettled(&self) -> bool {
+        self.calls > 0
+            || matches!(
+                self.process,
+                Process::Launching { .. } | Process::Ending { .. }
+            )
     }
 
     fn last_error(&self) -> Option<String> {

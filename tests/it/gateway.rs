@@ -577,3 +577,81 @@ fn a_closing_gateway_finishes_the_calls_under_way() {
         let _ = client.cancel().await;
     });
 }
+
+/// A Gateway call under way holds a lease on its Instance: a start that needs the memory waits
+/// for the call to be answered instead of parking the Instance under it, then parks it.
+#[test]
+fn a_call_under_way_keeps_its_project_from_being_parked_for_the_budget() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = crate::faults::file_repo(repos.path(), "r");
+    // Each instance holds 160 MiB and may use 200: two do not fit in 300.
+    let home = TestHome::fake(
+        "ok",
+        "allow_file = true\nmemory_max = \"200M\"\nmemory_budget = \"300M\"\n[instance_env]\nFAKE_OPENCODE_RSS_MB = \"160\"\n",
+    );
+    let first = home.run_dev(&["start", "first", "--git-url", &url]);
+    assert_eq!(first.status(), "success", "{first:?}");
+    let log = home.path().join("opencode-logs/first-opencode.log");
+    runtime().block_on(async {
+        let client = connect(&home, &global_token(&home)).await;
+        let peer = client.peer().clone();
+        let pending = tokio::spawn(async move {
+            let mut params = CallToolRequestParams::new("opencode-session-message");
+            params.arguments = json!({"server": "first", "sessionId": "ses_fake", "content": "hi"})
+                .as_object()
+                .cloned();
+            peer.call_tool(params).await
+        });
+        tokio::task::spawn_blocking(move || {
+            wait_until("the turn to start", Duration::from_secs(30), || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("fake-opencode: turn started")
+            })
+        })
+        .await
+        .expect("wait");
+        // The second start needs first's memory; first serves a call: the start waits.
+        let second = home.spawn(
+            &["start", "second", "--git-url", &url],
+            Some("development"),
+        );
+        tokio::task::block_in_place(|| {
+            wait_until("second to wait for memory", Duration::from_secs(30), || {
+                home.run(&["status", "second"]).json["opencode"]["status"] == "starting"
+            });
+        });
+        assert_eq!(
+            tokio::task::block_in_place(|| home.run(&["status", "first"])).json["opencode"]
+                ["status"],
+            "running",
+            "not parked under its call"
+        );
+        std::fs::write(home.sandbox("first").join("repo/release-turn"), "").expect("release");
+        let result = tokio::time::timeout(Duration::from_secs(60), pending)
+            .await
+            .expect("no hang")
+            .expect("join")
+            .expect("the call's own answer, not a protocol error");
+        assert_ne!(result.is_error, Some(true), "{result:?}");
+        let text = result
+            .content
+            .first()
+            .and_then(|c| c.as_text())
+            .map(|t| t.text.clone())
+            .unwrap_or_default();
+        assert!(text.contains("turn done"), "{text}");
+        let second = tokio::task::spawn_blocking(move || second.wait_with_output())
+            .await
+            .expect("join")
+            .expect("start second");
+        let reply: Value = serde_json::from_slice(&second.stdout).unwrap_or(Value::Null);
+        assert_eq!(reply["status"], "success", "{reply}");
+        let _ = client.cancel().await;
+    });
+    assert_eq!(
+        home.run(&["status", "first"]).json["opencode"]["status"],
+        "idle",
+        "parked once its call was answered"
+    );
+}

@@ -1,13 +1,13 @@
-//! The commands the rest of the daemon sends: start, restart, stop, resume, activity, register,
-//! forget. A command for a Project in the middle of a launch or an end waits its turn.
+//! The commands the rest of the daemon sends: start, restart, stop, a Gateway call and its end,
+//! register, forget. A command for a Project in the middle of a launch or an end waits its turn.
 
 use super::{Actor, now, started};
 use crate::error::{ErrorCode, OpError};
 use crate::lifecycle::{Ending, Launcher};
 use crate::policy::{Observation, Phase, Supervised};
 use crate::state::{Desired, InstanceRecord};
-use crate::supervisor::Command;
 use crate::supervisor::tracked::{LaunchPlan, Process, Then, Tracked, Waiter};
+use crate::supervisor::{Command, Lease};
 
 impl<L: Launcher> Actor<L> {
     pub(super) fn command(&mut self, command: Command) {
@@ -15,7 +15,18 @@ impl<L: Launcher> Actor<L> {
             Command::Register { project } => {
                 self.tracked(project.as_str());
             }
-            Command::Touch { project } => self.observe(&project, Observation::Activity),
+            Command::CallEnded { project } => {
+                let Some(t) = self.projects.get_mut(&project) else {
+                    return;
+                };
+                t.calls = t.calls.saturating_sub(1);
+                let settled = t.calls == 0;
+                self.observe(&project, Observation::Activity);
+                // A launch may have waited for this Instance's calls to end.
+                if settled {
+                    self.unqueue();
+                }
+            }
             Command::Forget { project } => {
                 self.projects.remove(&project);
             }
@@ -24,8 +35,10 @@ impl<L: Launcher> Actor<L> {
                     Command::Start { project, .. }
                     | Command::Restart { project, .. }
                     | Command::Stop { project, .. }
-                    | Command::Resume { project, .. } => project.to_string(),
-                    Command::Register { .. } | Command::Touch { .. } | Command::Forget { .. } => {
+                    | Command::Call { project, .. } => project.to_string(),
+                    Command::Register { .. }
+                    | Command::CallEnded { .. }
+                    | Command::Forget { .. } => {
                         return;
                     }
                 };
@@ -148,18 +161,26 @@ impl<L: Launcher> Actor<L> {
                     );
                 }
             }
-            Command::Resume { project, reply } => {
+            Command::Call { project, reply } => {
                 let name = project.to_string();
+                self.observe(&name, Observation::Activity);
+                let leases = self.leases.clone();
                 let Some(t) = self.projects.get_mut(&name) else {
                     return;
                 };
                 match (&t.process, &t.supervised.phase, t.desired) {
                     (Process::Up { instance, .. }, _, _) => {
-                        let _ = reply.send(Ok(instance.port));
+                        t.calls += 1;
+                        // Dropped unsent (the caller went away), the lease ends the call.
+                        let _ = reply.send(Ok(Lease {
+                            port: instance.port,
+                            project: name,
+                            commands: leases,
+                        }));
                     }
                     (Process::None, Phase::Idle { .. }, Desired::Running) => {
                         tracing::info!(project = %name, "starting parked opencode on demand");
-                        t.pending.push(Waiter::Resume(reply));
+                        t.pending.push(Waiter::Call(reply));
                         self.observe(&name, Observation::Demand);
                     }
                     _ => {
@@ -169,7 +190,7 @@ impl<L: Launcher> Actor<L> {
                     }
                 }
             }
-            Command::Register { .. } | Command::Touch { .. } | Command::Forget { .. } => {}
+            Command::Register { .. } | Command::CallEnded { .. } | Command::Forget { .. } => {}
         }
     }
 
@@ -202,9 +223,9 @@ fn refuse(command: Command, name: &str) {
         Command::Stop { reply, .. } => {
             let _ = reply.send(false);
         }
-        Command::Resume { reply, .. } => {
+        Command::Call { reply, .. } => {
             let _ = reply.send(Err(format!("project {name} not found")));
         }
-        Command::Register { .. } | Command::Touch { .. } | Command::Forget { .. } => {}
+        Command::Register { .. } | Command::CallEnded { .. } | Command::Forget { .. } => {}
     }
 }

@@ -10,6 +10,7 @@ use crate::policy::{Observation, Phase, Supervised};
 use crate::project::ProjectName;
 use crate::project_env::ProjectEnv;
 use crate::state::{Desired, InstanceRecord, State};
+use crate::supervisor::Lease;
 use crate::supervisor::tracked::{Observed, Process, Then, Waiter};
 
 impl<L: Launcher> Actor<L> {
@@ -114,6 +115,7 @@ impl<L: Launcher> Actor<L> {
                     .metrics
                     .started(name, now().saturating_duration_since(since).as_secs_f64());
                 self.up(name, launched, plan.env, plan.by_user);
+                let leases = self.leases.clone();
                 let Some(t) = self.projects.get_mut(name) else {
                     return;
                 };
@@ -122,8 +124,13 @@ impl<L: Launcher> Actor<L> {
                         Waiter::Start(reply) => {
                             let _ = reply.send(Ok(started(t, pid, port)));
                         }
-                        Waiter::Resume(reply) => {
-                            let _ = reply.send(Ok(port));
+                        Waiter::Call(reply) => {
+                            t.calls += 1;
+                            let _ = reply.send(Ok(Lease {
+                                port,
+                                project: name.to_owned(),
+                                commands: leases.clone(),
+                            }));
                         }
                     }
                 }
@@ -136,7 +143,7 @@ impl<L: Launcher> Actor<L> {
                         Waiter::Start(reply) => {
                             let _ = reply.send(Err(error.clone()));
                         }
-                        Waiter::Resume(reply) => {
+                        Waiter::Call(reply) => {
                             let _ = reply.send(Err(format!(
                                 "starting the parked project failed: {}",
                                 error.message

@@ -18,7 +18,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::tracked::Tracked;
+use super::tracked::{Process, Tracked};
 use super::{Command, Started};
 use crate::error::OpError;
 use crate::lifecycle::{Host, Launched, Launcher, Probed};
@@ -59,6 +59,8 @@ struct Actor<L> {
     launcher: Arc<L>,
     snapshot: Arc<watch::Sender<Snapshot>>,
     events: mpsc::UnboundedSender<Event>,
+    /// Where a [`Lease`](crate::supervisor::Lease) reports its end.
+    leases: mpsc::UnboundedSender<Command>,
     projects: BTreeMap<String, Tracked>,
     user_starts: u64,
 }
@@ -73,6 +75,7 @@ pub(super) async fn run<L: Launcher>(
     launcher: Arc<L>,
     snapshot: Arc<watch::Sender<Snapshot>>,
     mut inbox: mpsc::UnboundedReceiver<Command>,
+    leases: mpsc::UnboundedSender<Command>,
     ready: oneshot::Sender<()>,
     cancel: CancellationToken,
 ) {
@@ -82,6 +85,7 @@ pub(super) async fn run<L: Launcher>(
         launcher,
         snapshot,
         events,
+        leases,
         projects: BTreeMap::new(),
         user_starts: 0,
     };
@@ -103,8 +107,13 @@ pub(super) async fn run<L: Launcher>(
         );
         tokio::select! {
             Some(command) = inbox.recv() => {
-                // Activity (one per Gateway call) changes nothing anyone sees: no publish.
-                let seen = !matches!(command, Command::Touch { .. });
+                // A call to a running Instance and a call's end are activity, which changes
+                // nothing anyone sees: no publish.
+                let seen = match &command {
+                    Command::CallEnded { .. } => false,
+                    Command::Call { project, .. } => !actor.is_up(project.as_str()),
+                    _ => true,
+                };
                 actor.command(command);
                 if !seen {
                     continue;
@@ -143,6 +152,13 @@ impl<L: Launcher> Actor<L> {
                 r.instance = outcome;
             }
         });
+    }
+
+    /// Whether the Project's Instance is up and not in a transition.
+    fn is_up(&self, name: &str) -> bool {
+        self.projects
+            .get(name)
+            .is_some_and(|t| matches!(t.process, Process::Up { .. }) && t.queued.is_empty())
     }
 
     fn publish(&self) {

@@ -12,7 +12,7 @@ use crate::policy::{self, Action, Observation, Phase, Policy};
 use crate::project::ProjectName;
 use crate::state::Desired;
 use crate::supervisor::budget::{self, Fit};
-use crate::supervisor::tracked::{LaunchPlan, Process, Then};
+use crate::supervisor::tracked::{LaunchPlan, Process, Then, Tracked};
 
 impl<L: Launcher> Actor<L> {
     /// Tells the policy what happened to a Project the user wants running, and carries out what
@@ -163,9 +163,14 @@ impl<L: Launcher> Actor<L> {
                     }
                     return self.queue(name, plan, victims);
                 }
-                // What is starting or stopping will be parkable or gone soon: wait for it.
-                Fit::Refuse(_) if !self.in_transition(name).is_empty() => {
-                    let waiting_for = self.in_transition(name);
+                // What is starting, stopping or serving a call will be parkable or gone soon:
+                // wait for it.
+                Fit::Refuse(_) if !self.unsettled(name).is_empty() => {
+                    let waiting_for = self.unsettled(name);
+                    plan.progress.step(format!(
+                        "waiting for memory: {} starting, stopping or serving a call",
+                        waiting_for.join(", ")
+                    ));
                     return self.queue(name, plan, waiting_for);
                 }
                 Fit::Refuse(why) => {
@@ -273,36 +278,25 @@ impl<L: Launcher> Actor<L> {
         }
     }
 
-    /// The other Projects launching or ending now.
-    fn in_transition(&self, except: &str) -> Vec<String> {
+    /// The other Projects launching or ending now, or serving Gateway calls.
+    fn unsettled(&self, except: &str) -> Vec<String> {
         self.projects
             .iter()
-            .filter(|(name, t)| {
-                name.as_str() != except
-                    && matches!(
-                        t.process,
-                        Process::Launching { .. } | Process::Ending { .. }
-                    )
-            })
+            .filter(|(name, t)| name.as_str() != except && t.unsettled())
             .map(|(name, _)| name.clone())
             .collect()
     }
 
-    /// Launches what waited for memory once everything it waited for is up or gone (each is
-    /// weighed again: it may park others, or wait again).
+    /// Launches what waited for memory once everything it waited for is settled: up with no
+    /// call under way, or gone (each is weighed again: it may park others, or wait again).
     pub(super) fn unqueue(&mut self) {
         let ready: Vec<String> = self
             .projects
             .iter()
             .filter(|(_, t)| match &t.process {
-                Process::Queued { waiting_for, .. } => waiting_for.iter().all(|other| {
-                    !self.projects.get(other).is_some_and(|o| {
-                        matches!(
-                            o.process,
-                            Process::Launching { .. } | Process::Ending { .. }
-                        )
-                    })
-                }),
+                Process::Queued { waiting_for, .. } => waiting_for
+                    .iter()
+                    .all(|other| !self.projects.get(other).is_some_and(Tracked::unsettled)),
                 _ => false,
             })
             .map(|(name, _)| name.clone())
@@ -367,7 +361,9 @@ impl<L: Launcher> Actor<L> {
                     ),
                     (Process::Up { .. }, phase) => {
                         let memory = t.observed.memory.unwrap_or(estimate);
-                        let parkable = if !t.observed.busy.is_empty() {
+                        let parkable = if t.calls > 0 {
+                            Err("a gateway call is under way".to_owned())
+                        } else if !t.observed.busy.is_empty() {
                             Err("a session is busy".to_owned())
                         } else if t.observed.permissions > 0 {
                             Err("a permission request waits for an answer".to_owned())
