@@ -6,8 +6,14 @@
 //!
 //! Reported: p50/p99 of calls to parked and to live Projects; the live count and the instances'
 //! memory (RSS of every process of the home's Instances, read from `/proc`) sampled every 100 ms,
-//! against the budget; failed calls. The baseline: OpenCode's own warm start plus a first request
-//! (`opencode serve` spawned directly, until `GET /session` answers), in the same run.
+//! against the budget; failed calls. A call is to a live Project when the state file named the
+//! same running launch of it in the sample before the call and in the one after; any other is to
+//! a parked one. Baselines, in the same run and the same conditions (the fleet's idle Instances
+//! around, the machine quiet before each): OpenCode's own warm start plus a first request
+//! (`opencode serve` spawned directly in a clone of the same repository, until `GET /session`
+//! answers), each paired with a call to a parked Project by one client alone; and, while the
+//! clients run, an observer that asks one live Instance for `GET /session` directly and then the
+//! same through the Gateway.
 //!
 //! ```sh
 //! cargo build --release --all-features
@@ -30,10 +36,11 @@ mod support;
 #[path = "../tests/it/support/fake_llm.rs"]
 mod fake_llm;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,41 +83,100 @@ fn zipf_calls(n: usize, s: f64, calls: usize) -> Vec<usize> {
         .collect()
 }
 
-/// The live Instances of the home (by their marker) and their total RSS.
-fn instances(home_marker: &str) -> (HashSet<String>, u64) {
-    let mut live = HashSet::new();
-    let mut rss = 0;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let path = entry.path();
-        let Ok(environ) = std::fs::read(path.join("environ")) else {
-            continue;
-        };
-        let Some(marker) = environ
-            .split(|b| *b == 0)
-            .find_map(|e| e.strip_prefix(home_marker.as_bytes()))
-        else {
-            continue;
-        };
-        // What follows `OCM_INSTANCE=<home-hash>:` is `<project>:<launch>`.
-        let marker = String::from_utf8_lossy(marker);
-        if let Some(project) = marker.split(':').next() {
-            live.insert(project.to_owned());
-        }
-        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-        rss += status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|k| k.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024;
-    }
-    (live, rss)
+/// One 100 ms sample: the running launch of each Project (from the state file) and the RSS of
+/// every process of the home's Instances.
+#[derive(Default, Clone)]
+struct Sample {
+    running: HashMap<String, String>,
+    rss: u64,
 }
 
-/// OpenCode's own warm start plus a first request: `opencode serve` spawned directly, until
-/// `GET /session` answers.
-fn bare_start(opencode: &std::path::Path, dir: &std::path::Path, config: &str) -> Duration {
+/// Reads the samples; remembers which pids are the home's Instances (their environ is read once).
+struct Sampler {
+    state: PathBuf,
+    marker: String,
+    ours: HashMap<u32, bool>,
+}
+
+impl Sampler {
+    fn sample(&mut self) -> Sample {
+        let mut running = HashMap::new();
+        if let Ok(state) = std::fs::read_to_string(&self.state)
+            && let Ok(state) = serde_json::from_str::<serde_json::Value>(&state)
+            && let Some(projects) = state["projects"].as_object()
+        {
+            for (name, record) in projects {
+                if record["instance"]["status"] == "running"
+                    && let Some(id) = record["instance"]["launch_id"].as_str()
+                {
+                    running.insert(name.clone(), id.to_owned());
+                }
+            }
+        }
+        let mut rss = 0;
+        let mut seen = HashMap::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ours = match self.ours.get(&pid) {
+                Some(ours) => *ours,
+                None => std::fs::read(entry.path().join("environ")).is_ok_and(|environ| {
+                    environ
+                        .split(|b| *b == 0)
+                        .any(|e| e.starts_with(self.marker.as_bytes()))
+                }),
+            };
+            seen.insert(pid, ours);
+            if !ours {
+                continue;
+            }
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            rss += status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024;
+        }
+        self.ours = seen;
+        Sample { running, rss }
+    }
+}
+
+/// Waits (up to 15 s) until the machine's CPUs were at least 90% idle over 200 ms.
+fn quiet() {
+    fn idle_total() -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        (cpu[3] + cpu[4], cpu.iter().sum())
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let (idle0, total0) = idle_total();
+        std::thread::sleep(Duration::from_millis(200));
+        let (idle1, total1) = idle_total();
+        if (idle1 - idle0) as f64 >= 0.9 * (total1 - total0).max(1) as f64 {
+            return;
+        }
+    }
+}
+
+/// OpenCode's own warm start plus a first request: `opencode serve` spawned directly in `cwd`
+/// with its directories under `dir`, until `GET /session` answers.
+fn bare_start(opencode: &Path, dir: &Path, cwd: &Path, config: &str) -> Duration {
     let port = free_port();
     for sub in [
         "home",
@@ -135,7 +201,7 @@ fn bare_start(opencode: &std::path::Path, dir: &std::path::Path, config: &str) -
             "--port",
             &port.to_string(),
         ])
-        .current_dir(dir)
+        .current_dir(cwd)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", dir.join("home"))
@@ -178,6 +244,28 @@ fn bare_start(opencode: &std::path::Path, dir: &std::path::Path, config: &str) -
     took
 }
 
+fn session_list(project: &str) -> CallToolRequestParams {
+    let mut params = CallToolRequestParams::new("opencode-session-list");
+    params.arguments = serde_json::json!({ "server": project })
+        .as_object()
+        .cloned();
+    params
+}
+
+/// One call of the load: to whom, the last sample before it, the last sample when it ended, how
+/// long it took, whether it succeeded.
+struct Call {
+    project: String,
+    before: usize,
+    after: usize,
+    took: Duration,
+    ok: bool,
+}
+
+/// One observation: the sample before, OpenCode asked directly, the same through the Gateway,
+/// the sample after.
+type Observed = (usize, Duration, Duration, usize);
+
 fn main() {
     let projects = arg("--projects", 200);
     let live_goal = arg("--live", 30) as u64;
@@ -188,14 +276,6 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let opencode = manifest(".tools/node_modules/.bin/opencode");
     let config = llm.config_content("allow");
-
-    // The baseline first, on a quiet machine: OpenCode's warm start (its directories used once
-    // before, as a parked Project's are) plus its first request.
-    let bare_dir = dir.path().join("bare");
-    bare_start(&opencode, &bare_dir, &config);
-    let mut bare: Vec<Duration> = (0..10)
-        .map(|_| bare_start(&opencode, &bare_dir, &config))
-        .collect();
 
     let gateway = free_port();
     let home = Home::new(
@@ -209,11 +289,24 @@ fn main() {
         opencode.clone(),
     );
     let url = file_repo(dir.path());
+    // Registered by two callers at once (each start clones, launches, and parks what the
+    // budget needs).
     let registering = Instant::now();
-    for n in 0..projects {
-        let reply = home.cli(&["start", &format!("p{n:03}"), "--git-url", &url]);
-        assert_eq!(reply["status"], "success", "p{n:03}: {reply}");
-    }
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= projects {
+                        break;
+                    }
+                    let reply = home.cli(&["start", &format!("p{n:03}"), "--git-url", &url]);
+                    assert_eq!(reply["status"], "success", "p{n:03}: {reply}");
+                }
+            });
+        }
+    });
     eprintln!(
         "… {projects} projects registered in {:.0} s",
         registering.elapsed().as_secs_f64()
@@ -228,72 +321,82 @@ fn main() {
         .unwrap()
         .trim()
         .to_owned();
-
-    // One client alone first: a call to a parked Project at a time (each parks another), the
-    // latency OpenCode's own start is compared with.
+    let mut sampler = Sampler {
+        state: home.dir.join("opencode-state.json"),
+        marker,
+        ours: HashMap::new(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let mut alone: Vec<Duration> = runtime.block_on(async {
+
+    // Paired on a quiet machine with the fleet's idle Instances around: OpenCode's own warm
+    // start (its directories used once before, as a parked Project's are, in a clone of the same
+    // repository) plus its first request, then a call to a parked Project by one client alone
+    // (which parks another).
+    let bare_dir = dir.path().join("bare");
+    let bare_repo = dir.path().join("bare-repo");
+    let cloned = Command::new("git")
+        .args(["clone", "-q", &url])
+        .arg(&bare_repo)
+        .status()
+        .unwrap();
+    assert!(cloned.success());
+    bare_start(&opencode, &bare_dir, &bare_repo, &config);
+    let (mut bare, mut alone) = (Vec::new(), Vec::new());
+    runtime.block_on(async {
         let client = connect(gateway, &token).await;
-        let mut took = Vec::new();
         for n in 0..10 {
-            let live = instances(&marker).0;
+            tokio::task::block_in_place(quiet);
+            bare.push(tokio::task::block_in_place(|| {
+                bare_start(&opencode, &bare_dir, &bare_repo, &config)
+            }));
+            tokio::task::block_in_place(quiet);
+            let running = tokio::task::block_in_place(|| sampler.sample().running);
             let Some(project) = (0..projects)
                 .map(|k| format!("p{k:03}"))
-                .filter(|p| !live.contains(p))
+                .filter(|p| !running.contains_key(p))
                 .nth(n)
             else {
                 break;
             };
-            let mut params = CallToolRequestParams::new("opencode-session-list");
-            params.arguments = serde_json::json!({ "server": project })
-                .as_object()
-                .cloned();
             let begun = Instant::now();
-            let result = client.call_tool(params).await.unwrap();
+            let result = client.call_tool(session_list(&project)).await.unwrap();
             assert_ne!(result.is_error, Some(true), "{result:?}");
-            took.push(begun.elapsed());
+            alone.push(begun.elapsed());
         }
         let _ = client.cancel().await;
-        took
     });
 
-    // Sample the live set and memory every 100 ms while the calls run.
+    // Sample the running launches and the memory every 100 ms while the calls run.
     let done = Arc::new(AtomicBool::new(false));
-    let samples: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
-    let live_now: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(instances(&marker).0));
-    let sampler = {
-        let (done, samples, live_now, marker) = (
-            done.clone(),
-            samples.clone(),
-            live_now.clone(),
-            marker.clone(),
-        );
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(vec![sampler.sample()]));
+    let sampling = {
+        let (done, samples) = (done.clone(), samples.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
-                let (live, rss) = instances(&marker);
-                samples.lock().unwrap().push((live.len(), rss));
-                *live_now.lock().unwrap() = live;
                 std::thread::sleep(Duration::from_millis(100));
+                let sample = sampler.sample();
+                samples.lock().unwrap().push(sample);
             }
         })
     };
+    let seq = {
+        let samples = samples.clone();
+        move || samples.lock().unwrap().len() - 1
+    };
 
     let draws = Arc::new(Mutex::new(zipf_calls(projects, 1.1, calls)));
-    let results: Arc<Mutex<Vec<(bool, Duration, bool)>>> = Arc::default();
+    let results: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let observed: Arc<Mutex<Vec<Observed>>> = Arc::default();
     let calling = Instant::now();
     runtime.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..clients {
-            let (draws, results, live_now, token) = (
-                draws.clone(),
-                results.clone(),
-                live_now.clone(),
-                token.clone(),
-            );
+            let (draws, results, token, seq) =
+                (draws.clone(), results.clone(), token.clone(), seq.clone());
             tasks.push(tokio::spawn(async move {
                 let client = connect(gateway, &token).await;
                 loop {
@@ -301,13 +404,9 @@ fn main() {
                         break;
                     };
                     let project = format!("p{n:03}");
-                    let parked = !live_now.lock().unwrap().contains(&project);
-                    let mut params = CallToolRequestParams::new("opencode-session-list");
-                    params.arguments = serde_json::json!({ "server": project })
-                        .as_object()
-                        .cloned();
+                    let before = seq();
                     let begun = Instant::now();
-                    let result = client.call_tool(params).await;
+                    let result = client.call_tool(session_list(&project)).await;
                     let took = begun.elapsed();
                     let ok = match result {
                         Ok(r) if r.is_error != Some(true) => true,
@@ -320,34 +419,139 @@ fn main() {
                             false
                         }
                     };
-                    results.lock().unwrap().push((parked, took, ok));
+                    let after = seq();
+                    results.lock().unwrap().push(Call {
+                        project,
+                        before,
+                        after,
+                        took,
+                        ok,
+                    });
                 }
                 let _ = client.cancel().await;
             }));
         }
+        // The observer: the most popular Project's Instance asked directly, then through the
+        // Gateway, every 50 ms while the clients run.
+        let observer = {
+            let (done, observed, token, seq, home_dir) = (
+                Arc::new(AtomicBool::new(false)),
+                observed.clone(),
+                token.clone(),
+                seq.clone(),
+                home.dir.clone(),
+            );
+            let password = home.env_value("p000", "OPENCODE_SERVER_PASSWORD");
+            let stop = done.clone();
+            let task = tokio::spawn(async move {
+                let client = connect(gateway, &token).await;
+                let http = reqwest::Client::new();
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let state: serde_json::Value = serde_json::from_str(
+                        &std::fs::read_to_string(home_dir.join("opencode-state.json"))
+                            .unwrap_or_default(),
+                    )
+                    .unwrap_or_default();
+                    let record = &state["projects"]["p000"];
+                    let Some(port) = record["port"].as_u64() else {
+                        continue;
+                    };
+                    if record["instance"]["status"] != "running" {
+                        continue;
+                    }
+                    let before = seq();
+                    let begun = Instant::now();
+                    let direct = http
+                        .get(format!("http://127.0.0.1:{port}/session"))
+                        .basic_auth("opencode", Some(&password))
+                        .send()
+                        .await;
+                    let direct_took = begun.elapsed();
+                    if !direct.is_ok_and(|r| r.status().is_success()) {
+                        continue;
+                    }
+                    let begun = Instant::now();
+                    let via = client.call_tool(session_list("p000")).await;
+                    let via_took = begun.elapsed();
+                    if via.is_ok_and(|r| r.is_error != Some(true)) {
+                        observed
+                            .lock()
+                            .unwrap()
+                            .push((before, direct_took, via_took, seq()));
+                    }
+                }
+                let _ = client.cancel().await;
+            });
+            (done, task)
+        };
         for task in tasks {
             task.await.unwrap();
         }
+        observer.0.store(true, Ordering::SeqCst);
+        observer.1.await.unwrap();
     });
     let elapsed = calling.elapsed();
     done.store(true, Ordering::SeqCst);
-    sampler.join().unwrap();
+    sampling.join().unwrap();
+    let samples = samples.lock().unwrap().clone();
 
-    let results = results.lock().unwrap().clone();
-    let failed = results.iter().filter(|(_, _, ok)| !ok).count();
-    let mut parked: Vec<Duration> = results.iter().filter(|r| r.0).map(|r| r.1).collect();
-    let mut live: Vec<Duration> = results.iter().filter(|r| !r.0).map(|r| r.1).collect();
+    // Live: the same running launch in the sample before the call and the first one after.
+    let same_launch = |project: &str, before: usize, after: usize| {
+        let after = (after + 1).min(samples.len() - 1);
+        samples[before]
+            .running
+            .get(project)
+            .is_some_and(|id| samples[after].running.get(project) == Some(id))
+    };
+    let results = std::mem::take(&mut *results.lock().unwrap());
+    let failed = results.iter().filter(|c| !c.ok).count();
+    let (mut parked, mut live) = (Vec::new(), Vec::new());
+    if let Some(to) = std::env::var_os("BENCH_FLEET_CALLS") {
+        let lines: Vec<String> = results
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {:.3} {}",
+                    c.project,
+                    if same_launch(&c.project, c.before, c.after) {
+                        "live"
+                    } else {
+                        "parked"
+                    },
+                    c.took.as_secs_f64() * 1000.0,
+                    c.ok
+                )
+            })
+            .collect();
+        std::fs::write(to, lines.join("\n")).unwrap();
+    }
+    for call in results.iter().filter(|c| c.ok) {
+        if same_launch(&call.project, call.before, call.after) {
+            live.push(call.took);
+        } else {
+            parked.push(call.took);
+        }
+    }
+    let (mut direct, mut via): (Vec<Duration>, Vec<Duration>) = observed
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(before, _, _, after)| same_launch("p000", *before, *after))
+        .map(|(_, d, v, _)| (*d, *v))
+        .unzip();
     // A class with no call shows as zero rather than failing the report.
-    for class in [&mut parked, &mut live] {
+    for class in [&mut parked, &mut live, &mut direct, &mut via, &mut alone] {
         if class.is_empty() {
             class.push(Duration::ZERO);
         }
     }
-    let samples = samples.lock().unwrap().clone();
-    let max_live = samples.iter().map(|s| s.0).max().unwrap_or(0);
-    let max_rss = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let over = samples.iter().filter(|s| s.1 > budget).count();
+    let max_live = samples.iter().map(|s| s.running.len()).max().unwrap_or(0);
+    let max_rss = samples.iter().map(|s| s.rss).max().unwrap_or(0);
+    let over = samples.iter().filter(|s| s.rss > budget).count();
     let bare_p50 = ms(&mut bare, 0.5);
+    let alone_p50 = ms(&mut alone, 0.5);
+    let live_p50 = ms(&mut live, 0.5);
 
     println!(
         "Fleet: {projects} projects (real OpenCode, fake provider), memory_budget {} MiB (~{live_goal} live), {calls} gateway calls, {clients} clients, Zipf s = 1.1; {:.0} s of calls\n",
@@ -356,16 +560,20 @@ fn main() {
     );
     println!("| calls to | count | p50 | p99 | goal |\n|---|---|---|---|---|");
     println!(
-        "| a parked project, one client alone (each call parks another) | {} | {:.0} ms | {:.0} ms | p50 ≤ baseline + 300 ms ({:.0} ms): {} |",
+        "| a parked project, one client alone (each call parks another) | {} | {alone_p50:.0} ms | {:.0} ms | p50 ≤ baseline + 300 ms ({:.0} ms): {} |",
         alone.len(),
-        ms(&mut alone, 0.5),
         ms(&mut alone, 0.99),
         bare_p50 + 300.0,
-        if ms(&mut alone, 0.5) <= bare_p50 + 300.0 {
+        if alone_p50 <= bare_p50 + 300.0 {
             "met"
         } else {
             "NOT met"
         }
+    );
+    println!(
+        "| baseline: `opencode serve` warm start + first request, paired with the line above | {} | {bare_p50:.0} ms | {:.0} ms | |",
+        bare.len(),
+        ms(&mut bare, 0.99)
     );
     println!(
         "| parked projects, {clients} clients (waiting for start slots) | {} | {:.0} ms | {:.0} ms | |",
@@ -374,19 +582,22 @@ fn main() {
         ms(&mut parked, 0.99),
     );
     println!(
-        "| live projects | {} | {:.2} ms | {:.2} ms | p50 < 2 ms: {} |",
+        "| live projects, {clients} clients | {} | {live_p50:.2} ms | {:.2} ms | p50 < 2 ms: {} |",
         live.len(),
-        ms(&mut live, 0.5),
         ms(&mut live, 0.99),
-        if ms(&mut live, 0.5) < 2.0 {
-            "met"
-        } else {
-            "NOT met"
-        }
+        if live_p50 < 2.0 { "met" } else { "NOT met" }
     );
     println!(
-        "| baseline: `opencode serve` warm start + first request, 10 runs | 10 | {bare_p50:.0} ms | {:.0} ms | |",
-        ms(&mut bare, 1.0)
+        "| observer, meanwhile: p000 through the Gateway | {} | {:.2} ms | {:.2} ms | |",
+        via.len(),
+        ms(&mut via, 0.5),
+        ms(&mut via, 0.99),
+    );
+    println!(
+        "| observer, meanwhile: p000's OpenCode asked directly (`GET /session`) | {} | {:.2} ms | {:.2} ms | |",
+        direct.len(),
+        ms(&mut direct, 0.5),
+        ms(&mut direct, 0.99),
     );
     // The daemon's log, for where the time went (each launch and end logs its steps).
     if let Some(to) = std::env::var_os("BENCH_FLEET_LOG") {

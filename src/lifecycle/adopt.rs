@@ -70,7 +70,11 @@ pub(crate) async fn adopt(host: &Host) -> Vec<Launched> {
         }
         let started_at = match &record.instance {
             InstanceRecord::Running { started_at, .. } => started_at.clone(),
-            _ => crate::timestamp::now(),
+            _ => {
+                // An earlier daemon stopped during its start: its CPU share is still lowered.
+                let _ = crate::instance::priority::set(proc.pid, 0, Duration::from_secs(3)).await;
+                crate::timestamp::now()
+            }
         };
         let _ = host
             .store

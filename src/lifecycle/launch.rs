@@ -16,8 +16,8 @@ use crate::error::{ErrorCode, OpError};
 use crate::instance::api::InstanceApi;
 use crate::instance::confine::Isolation;
 use crate::instance::enforce::{Enforced, Mechanism};
-use crate::instance::ports;
 use crate::instance::process::{self, LaunchSpec};
+use crate::instance::{ports, priority};
 use crate::limits::Limits;
 use crate::project::ProjectName;
 use crate::project_env::ProjectEnv;
@@ -182,6 +182,13 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
     })?;
     timeline.mark("spawn");
     tracing::info!(project = %project, pid = proc.pid, port, isolation = %isolation.describe(), "spawned opencode");
+    // Its start yields the CPU to the running Instances (back to normal once it is ready).
+    let lowered = priority::set(proc.pid, priority::STARTING, Duration::from_millis(300))
+        .await
+        .inspect_err(|err| {
+            tracing::debug!(project = %project, "could not lower the CPU priority of the start: {err}");
+        })
+        .is_ok();
     let enforced = enforce(&mechanism, &marker, proc.pid, &limits, &project).await;
     let pid_file = paths.pid_file(&project);
     let _ = tokio::task::spawn_blocking(move || process::write_pid_file(&pid_file, proc.pid)).await;
@@ -234,6 +241,10 @@ pub(crate) async fn launch(host: &Host, request: LaunchRequest) -> Result<Launch
         return Err(failure.error);
     }
     timeline.mark("healthy");
+    if lowered && let Err(err) = priority::set(proc.pid, 0, Duration::from_secs(3)).await {
+        tracing::warn!(project = %project, "could not restore the CPU priority of the ready instance: {err}");
+    }
+    timeline.mark("priority");
     let started_at = crate::timestamp::now();
     host.store
         .update(|s| {

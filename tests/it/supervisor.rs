@@ -481,3 +481,46 @@ fn a_crashed_instance_leaves_nothing_its_agent_started() {
     // when it is killed) varies from run to run; what must hold is that nothing survives.
     assert!(home.marked_processes().iter().all(|p| *p != child));
 }
+
+/// A starting Instance yields the CPU to the running ones: its session's autogroup runs at the
+/// lowest priority until it is ready, then at the normal one.
+#[test]
+fn a_starting_instance_runs_at_the_lowest_cpu_priority_until_it_is_ready() {
+    let repos = tempfile::tempdir().expect("tempdir");
+    let url = file_repo(repos.path(), "r");
+    let home = TestHome::fake(
+        "slow",
+        &format!("{FAST}[instance_env]\nFAKE_OPENCODE_DELAY_MS = \"3000\"\n"),
+    );
+    let start = home.spawn(&["start", "p", "--git-url", &url], Some("development"));
+    let nice = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/autogroup"))
+            .ok()
+            .and_then(|t| {
+                t.split_whitespace()
+                    .last()
+                    .and_then(|n| n.parse::<i32>().ok())
+            })
+    };
+    let mut starting = None;
+    wait_until(
+        "the start at the lowest priority",
+        Duration::from_secs(30),
+        || {
+            starting = home
+                .marked_processes()
+                .into_iter()
+                .find(|pid| nice(*pid) == Some(19));
+            starting.is_some()
+        },
+    );
+    let output = start.wait_with_output().expect("start");
+    let started: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(started["status"], "success", "{started}");
+    let pid = started["opencode_pid"].as_i64().expect("pid") as i32;
+    assert_eq!(Some(pid), starting, "the same process");
+    assert_eq!(nice(pid), Some(0), "normal priority once ready");
+    // The daemon's own session was never touched.
+    let daemon = home.daemon_pid().expect("daemon");
+    assert_eq!(nice(daemon), Some(0));
+}
