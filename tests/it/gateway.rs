@@ -95,14 +95,19 @@ pub(crate) async fn call(
         .call_tool(params)
         .await
         .unwrap_or_else(|e| panic!("{tool}: protocol error {e}"));
-    let text = result
+    let text = first_text(&result);
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (result.is_error.unwrap_or(false), text, json)
+}
+
+/// The text of a tool result's first content item (empty when there is none).
+fn first_text(result: &rmcp::model::CallToolResult) -> String {
+    result
         .content
         .first()
         .and_then(|c| c.as_text())
         .map(|t| t.text.clone())
-        .unwrap_or_default();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    (result.is_error.unwrap_or(false), text, json)
+        .unwrap_or_default()
 }
 
 fn health(home: &TestHome) -> Option<u16> {
@@ -416,12 +421,7 @@ fn a_project_stopped_mid_call_is_a_clean_error_and_the_gateway_closes_and_reopen
             .expect("join")
             .expect("a tool result");
         assert_eq!(result.is_error, Some(true));
-        let text = result
-            .content
-            .first()
-            .and_then(|c| c.as_text())
-            .map(|t| t.text.clone())
-            .unwrap_or_default();
+        let text = first_text(&result);
         assert!(
             text.starts_with("Error executing opencode-session-message:"),
             "{text}"
@@ -513,12 +513,7 @@ fn a_call_under_way_when_its_project_stops_is_a_tool_error_every_time() {
                     panic!("round {round}: a protocol error, not a tool error: {e}")
                 });
             assert_eq!(result.is_error, Some(true), "round {round}: {result:?}");
-            let text = result
-                .content
-                .first()
-                .and_then(|c| c.as_text())
-                .map(|t| t.text.clone())
-                .unwrap_or_default();
+            let text = first_text(&result);
             assert!(
                 text.starts_with("Error executing opencode-session-message:"),
                 "round {round}: {text}"
@@ -567,12 +562,7 @@ fn a_closing_gateway_finishes_the_calls_under_way() {
             .expect("join")
             .expect("the call's own answer, not a protocol error");
         assert_ne!(result.is_error, Some(true), "{result:?}");
-        let text = result
-            .content
-            .first()
-            .and_then(|c| c.as_text())
-            .map(|t| t.text.clone())
-            .unwrap_or_default();
+        let text = first_text(&result);
         assert!(text.contains("turn done"), "{text}");
         let _ = client.cancel().await;
     });
@@ -634,12 +624,7 @@ fn a_call_under_way_keeps_its_project_from_being_parked_for_the_budget() {
             .expect("join")
             .expect("the call's own answer, not a protocol error");
         assert_ne!(result.is_error, Some(true), "{result:?}");
-        let text = result
-            .content
-            .first()
-            .and_then(|c| c.as_text())
-            .map(|t| t.text.clone())
-            .unwrap_or_default();
+        let text = first_text(&result);
         assert!(text.contains("turn done"), "{text}");
         let second = tokio::task::spawn_blocking(move || second.wait_with_output())
             .await
