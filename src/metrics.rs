@@ -30,6 +30,11 @@ struct ToolLabel {
     tool: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabel {
+    answer: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds, from 50 ms to about 27 minutes.
@@ -48,6 +53,7 @@ pub(crate) struct Metrics {
     starts: Histograms<ProjectLabel>,
     tool_calls: Family<ToolLabels, Counter>,
     tool_seconds: Histograms<ToolLabel>,
+    session_lists: Family<AnswerLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -56,6 +62,7 @@ impl Default for Metrics {
             starts: Family::new_with_constructor(start_buckets),
             tool_calls: Family::default(),
             tool_seconds: Family::new_with_constructor(call_buckets),
+            session_lists: Family::default(),
         }
     }
 }
@@ -83,6 +90,16 @@ impl Metrics {
                 tool: tool.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// A Gateway session list was answered: `kept` (the Instance's last answer, still current by
+    /// its event stream) or `asked` (from the Instance).
+    pub(crate) fn session_list(&self, answer: &str) {
+        self.session_lists
+            .get_or_create(&AnswerLabel {
+                answer: answer.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition of everything, with the per-Project values from `snapshot`.
@@ -162,6 +179,11 @@ impl Metrics {
             "Gateway tool call latency, by tool",
             self.tool_seconds.clone(),
         );
+        registry.register(
+            "gateway_session_lists",
+            "Gateway session lists, by answer: kept (current by the Instance's event stream) or asked",
+            self.session_lists.clone(),
+        );
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -181,6 +203,7 @@ mod tests {
         metrics.started("a", 1.5);
         metrics.tool_call("opencode-session-list", "ok", 0.002);
         metrics.tool_call("opencode-session-list", "error", 0.004);
+        metrics.session_list("kept");
         let mut snapshot = Snapshot::default();
         let mut view = ProjectView::example(Desired::Running, InstanceState::Running, Some(7));
         view.restarts = 2;
@@ -201,6 +224,7 @@ mod tests {
             "opencode_manager_gateway_tool_calls_total{tool=\"opencode-session-list\",outcome=\"ok\"} 1",
             "opencode_manager_gateway_tool_calls_total{tool=\"opencode-session-list\",outcome=\"error\"} 1",
             "opencode_manager_gateway_tool_call_seconds_count{tool=\"opencode-session-list\"} 2",
+            "opencode_manager_gateway_session_lists_total{answer=\"kept\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

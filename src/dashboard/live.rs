@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{Shared, project};
+use crate::instance::events::EventFrames;
 use crate::project::ProjectName;
 
 /// How soon a browser reconnects a lost stream.
@@ -108,7 +109,7 @@ async fn follow(d: Shared, project: ProjectName, events: mpsc::Sender<Event>) {
     let mut last_row = None;
     let mut pid = None;
     let mut instance: Option<reqwest::Response> = None;
-    let mut pending = String::new();
+    let mut frames = EventFrames::default();
     loop {
         // The row, and the Instance's event stream when its process changed.
         let current = project::row(&d.manager, project.as_str());
@@ -130,7 +131,7 @@ async fn follow(d: Shared, project: ProjectName, events: mpsc::Sender<Event>) {
                 Some(api) => api.events().await.ok(),
                 None => None,
             };
-            pending.clear();
+            frames = EventFrames::default();
             if send_activity(&d, &project, &events).await.is_err() {
                 return;
             }
@@ -152,12 +153,15 @@ async fn follow(d: Shared, project: ProjectName, events: mpsc::Sender<Event>) {
             }
             chunk = next_chunk(&mut instance) => {
                 match chunk {
-                    Some(bytes) => {
-                        pending.push_str(&String::from_utf8_lossy(&bytes));
-                        if activity_changed(&mut pending) && send_activity(&d, &project, &events).await.is_err() {
-                            return;
+                    Some(bytes) => match frames.push(&bytes) {
+                        Ok(kinds) => {
+                            if kinds.iter().any(|k| is_activity(k)) && send_activity(&d, &project, &events).await.is_err() {
+                                return;
+                            }
                         }
-                    }
+                        // Not a stream worth following: wait for the Instance's next one.
+                        Err(_) => instance = None,
+                    },
                     // The stream ended (the Instance stopped): wait for the next one.
                     None => instance = None,
                 }
@@ -194,22 +198,9 @@ async fn next_chunk(instance: &mut Option<reqwest::Response>) -> Option<Vec<u8>>
     }
 }
 
-/// Takes the complete events out of `pending` (`data: {…}` blocks ending in a blank line) and
-/// says whether one was about sessions or permissions.
-fn activity_changed(pending: &mut String) -> bool {
-    let mut changed = false;
-    while let Some(end) = pending.find("\n\n") {
-        let block: String = pending.drain(..end + 2).collect();
-        let kind = block
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
-            .find_map(|v| v.get("type").and_then(Value::as_str).map(str::to_owned));
-        if kind.is_some_and(|k| k.starts_with("session.") || k.starts_with("permission.")) {
-            changed = true;
-        }
-    }
-    changed
+/// Whether an event of this type is about sessions or permissions.
+fn is_activity(kind: &str) -> bool {
+    kind.starts_with("session.") || kind.starts_with("permission.")
 }
 
 /// Names changed in the logs directory; pending forever without a watch.
@@ -321,16 +312,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_session_and_permission_events_count_and_partial_blocks_wait() {
-        let mut pending = String::from(
-            "data: {\"type\":\"server.heartbeat\"}\n\ndata: {\"type\":\"permission.asked\",\"properties\":{}}\n\ndata: {\"type\":\"sess",
-        );
-        assert!(activity_changed(&mut pending));
-        assert_eq!(pending, "data: {\"type\":\"sess");
-        pending.push_str("ion.idle\"}\n\n");
-        assert!(activity_changed(&mut pending));
-        assert!(pending.is_empty());
-        let mut noise = String::from("data: {\"type\":\"plugin.added\"}\n\n");
-        assert!(!activity_changed(&mut noise));
+    fn only_session_and_permission_events_count() {
+        for kind in ["session.idle", "session.updated", "permission.asked"] {
+            assert!(is_activity(kind), "{kind}");
+        }
+        for kind in ["server.heartbeat", "plugin.added", "message.part.delta", ""] {
+            assert!(!is_activity(kind), "{kind}");
+        }
     }
 }

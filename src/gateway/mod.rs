@@ -5,8 +5,8 @@
 //! a user wants running and closes it after the last (the pure table in `lifecycle`), answers the
 //! requests of `mcp_restart` and `stop_mcp_tool` (the channel `ops` owns), publishes its own state
 //! into the snapshot, and keeps the original's compatibility files current
-//! (`global-mcp-tool.pid`, `opencode-mcp-tool-servers.json`). Tools live in `tools`, tokens in
-//! `auth`, behind the shared `front_door`. Only this module and `mcp` know rmcp; only these and
+//! (`global-mcp-tool.pid`, `opencode-mcp-tool-servers.json`). Tools live in `tools` (with the
+//! session lists they keep in `session_lists`), tokens in `auth`, behind the shared `front_door`. Only this module and `mcp` know rmcp; only these and
 //! `front_door` know axum.
 
 pub(crate) mod auth;
@@ -16,6 +16,7 @@ pub(crate) mod params;
 mod results;
 mod route;
 pub(crate) mod servers_file;
+mod session_lists;
 pub(crate) mod tools;
 
 use std::sync::Arc;
@@ -361,8 +362,14 @@ fn router(
         .with_json_response(true)
         .with_cancellation_token(sessions.child_token());
     let for_service = manager.clone();
+    let lists = Arc::new(session_lists::SessionLists::default());
     let service = StreamableHttpService::new(
-        move || Ok(tools::GatewayServer::new(for_service.clone())),
+        move || {
+            Ok(tools::GatewayServer::new(
+                for_service.clone(),
+                lists.clone(),
+            ))
+        },
         LocalSessionManager::default().into(),
         config,
     );

@@ -48,12 +48,17 @@ pub(super) fn assistant_text(answer: &Value) -> String {
 }
 
 pub(super) fn json_result(value: Value) -> CallToolResult {
-    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    let text = json_text(&value);
     let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
     if value.is_object() {
         result.structured_content = Some(value);
     }
     result
+}
+
+/// OpenCode's JSON as the text of a result.
+pub(super) fn json_text(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
 }
 
 pub(super) fn text_result(text: String) -> CallToolResult {

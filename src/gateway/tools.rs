@@ -21,6 +21,7 @@ use super::params::{
 };
 use super::results::{assistant_text, checked_id, fail, json_result, text_result, turn_error};
 use super::route::Target;
+use super::session_lists::{Lookup, SessionLists};
 use crate::audit::{Caller, Door};
 use crate::front_door::Scope;
 use crate::ops::Manager;
@@ -33,18 +34,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub(crate) struct GatewayServer {
     manager: Manager,
+    lists: std::sync::Arc<SessionLists>,
     tool_router: std::sync::Arc<ToolRouter<GatewayServer>>,
 }
 
 impl GatewayServer {
     /// One per session, or per request for stateless clients: the router (its tools' schemas and
     /// name checks) is built once and shared.
-    pub(crate) fn new(manager: Manager) -> GatewayServer {
+    pub(crate) fn new(manager: Manager, lists: std::sync::Arc<SessionLists>) -> GatewayServer {
         static ROUTER: std::sync::OnceLock<std::sync::Arc<ToolRouter<GatewayServer>>> =
             std::sync::OnceLock::new();
         let router = ROUTER.get_or_init(|| std::sync::Arc::new(GatewayServer::tool_router()));
         GatewayServer {
             manager,
+            lists,
             tool_router: router.clone(),
         }
     }
@@ -98,6 +101,8 @@ impl ServerHandler for GatewayServer {
                 Caller::ProjectToken { project } => Some(project.clone()),
                 _ => None,
             });
+            // Its effect is in OpenCode now: a list kept from before it is not current.
+            self.lists.changed(project.as_deref());
             self.manager.audit().record(
                 Door::Gateway,
                 caller,
@@ -186,16 +191,34 @@ impl GatewayServer {
         Parameters(p): Parameters<ServerParams>,
         ctx: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        self.run(
-            "opencode-session-list",
-            p.server,
-            &ctx,
-            Method::GET,
-            "/session".into(),
-            None,
-            CALL_TIMEOUT,
-        )
-        .await
+        const TOOL: &str = "opencode-session-list";
+        let Target {
+            project,
+            api,
+            lease,
+        } = match self.target(p.server, &ctx).await {
+            Ok(target) => target,
+            Err(message) => return fail(TOOL, &message),
+        };
+        let metrics = &self.manager.host().metrics;
+        let ticket = match self.lists.lookup(&project, lease.port, &api) {
+            Lookup::Kept(text) => {
+                metrics.session_list("kept");
+                return text_result(text.to_string());
+            }
+            Lookup::Ask(ticket) => ticket,
+        };
+        metrics.session_list("asked");
+        match api.call(Method::GET, "/session", None, CALL_TIMEOUT).await {
+            Ok(value) => match (ticket, super::session_lists::list_text(&value)) {
+                (Some(ticket), Some(text)) => {
+                    self.lists.keep(&project, ticket, text.clone());
+                    text_result(text.to_string())
+                }
+                _ => json_result(value),
+            },
+            Err(err) => fail(TOOL, &super::route::explain(&project, &api, err).await),
+        }
     }
 
     #[tool(

@@ -25,7 +25,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// One request to the dashboard with whatever headers a test needs.
-fn request(
+pub(crate) fn request(
     port: u16,
     method: &str,
     path: &str,

@@ -640,3 +640,139 @@ fn a_call_under_way_keeps_its_project_from_being_parked_for_the_budget() {
         "parked once its call was answered"
     );
 }
+
+/// How many session lists the daemon answered from a kept answer (its `/metrics`).
+fn kept_lists(home: &TestHome, dashboard: u16) -> f64 {
+    let token = std::fs::read_to_string(home.path().join("mcp-http-token")).expect("HTTP token");
+    let bearer = format!("Bearer {}", token.trim());
+    let metrics = crate::dashboard::request(
+        dashboard,
+        "GET",
+        "/metrics",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    metrics
+        .body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("opencode_manager_gateway_session_lists_total{answer=\"kept\"} ")
+        })
+        .map_or(0.0, |n| n.parse().expect("a count"))
+}
+
+#[test]
+fn a_session_list_is_kept_until_opencode_or_a_gateway_call_changes_it() {
+    let sshd = TestSshd::start();
+    let llm = FakeLlm::start();
+    let dashboard = crate::support::free_port();
+    let home = TestHome::with_opencode(
+        crate::support::opencode_bin(),
+        &format!("dashboard_port = {dashboard}\n"),
+    );
+    let started = start_project(&home, &sshd, &llm, "alpha", "ask");
+    let port = started["opencode_port"].as_u64().expect("port") as u16;
+    let password = env_value(&home, "alpha", "OPENCODE_SERVER_PASSWORD");
+    let direct = |method: &str, path: &str, body: Option<&str>| {
+        let answer = crate::support::http(
+            method,
+            port,
+            path,
+            Some(&password),
+            body,
+            Duration::from_secs(10),
+        )
+        .expect("OpenCode answers");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        serde_json::from_str::<Value>(&answer.body).expect("JSON")
+    };
+    let ids = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    runtime().block_on(async {
+        let client = connect(&home, &global_token(&home)).await;
+        let alpha = json!({"server": "alpha"});
+        let (_, _, session) = call(&client, "opencode-session-create", alpha.clone()).await;
+        let first = session["id"].as_str().expect("session id").to_owned();
+
+        // Asked again with nothing changing, the list is kept: OpenCode's own answer, word for word.
+        let kept = tokio::task::block_in_place(|| kept_lists(&home, dashboard));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let listed = loop {
+            let (is_error, text, listed) =
+                call(&client, "opencode-session-list", alpha.clone()).await;
+            assert!(!is_error, "{text}");
+            if tokio::task::block_in_place(|| kept_lists(&home, dashboard)) > kept {
+                break listed;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no list was ever kept"
+            );
+        };
+        let asked = tokio::task::block_in_place(|| direct("GET", "/session", None));
+        assert_eq!(listed, asked);
+        assert_eq!(ids(&listed), std::slice::from_ref(&first));
+
+        // A session made behind the Gateway's back: OpenCode's event drops what was kept.
+        let behind = tokio::task::block_in_place(|| direct("POST", "/session", Some("{}")));
+        let behind = behind["id"].as_str().expect("id").to_owned();
+        poll(
+            &client,
+            "opencode-session-list",
+            alpha.clone(),
+            "the session made directly",
+            |list| ids(list).contains(&behind),
+        )
+        .await;
+
+        // What the Gateway changes is in the very next list, without waiting for the event.
+        for _ in 0..5 {
+            let (_, _, made) = call(&client, "opencode-session-create", alpha.clone()).await;
+            let made = made["id"].as_str().expect("id").to_owned();
+            let (_, _, listed) = call(&client, "opencode-session-list", alpha.clone()).await;
+            assert!(ids(&listed).contains(&made), "{listed}");
+            let (is_error, text, _) = call(
+                &client,
+                "opencode-session-delete",
+                json!({"server": "alpha", "sessionId": made}),
+            )
+            .await;
+            assert!(!is_error, "{text}");
+            let (_, _, listed) = call(&client, "opencode-session-list", alpha.clone()).await;
+            assert!(!ids(&listed).contains(&made), "{listed}");
+        }
+
+        // A turn retitles the session (OpenCode's title request): the list follows.
+        let (is_error, text, _) = call(
+            &client,
+            "opencode-session-message",
+            json!({"server": "alpha", "sessionId": first, "content": "hi"}),
+        )
+        .await;
+        assert!(!is_error, "{text}");
+        let titled = poll(
+            &client,
+            "opencode-session-list",
+            alpha.clone(),
+            "the title the fake model gave",
+            |list| {
+                list.as_array().is_some_and(|l| {
+                    l.iter()
+                        .any(|s| s["id"] == first.as_str() && s["title"] == "Fake title")
+                })
+            },
+        )
+        .await;
+        assert_eq!(
+            titled,
+            tokio::task::block_in_place(|| direct("GET", "/session", None))
+        );
+        let _ = client.cancel().await;
+    });
+}
