@@ -22,6 +22,10 @@
 //! cargo run --release --all-features --example bench_fleet [-- --projects 200 --live 30 --calls 1000 --clients 8]
 //! ```
 //!
+//! The Gateway keeps each live Instance's session list until that Instance's event stream says a
+//! session changed (`gateway/session_lists.rs`); nothing changes sessions here, so most calls to
+//! a live Project are answered from it: the report says how many, from the daemon's `/metrics`.
+//!
 //! `BENCH_FLEET_LOG=<file>` keeps the daemon's log (each launch and end logs how long its steps
 //! took).
 #![allow(
@@ -246,6 +250,31 @@ fn bare_start(opencode: &Path, dir: &Path, cwd: &Path, config: &str) -> Duration
     took
 }
 
+/// How the daemon answered its session lists (`kept`, `asked`), from its `/metrics`.
+fn list_answers(home: &Path, dashboard: u16) -> (u64, u64) {
+    let token = std::fs::read_to_string(home.join("mcp-http-token")).unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", dashboard)).unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{dashboard}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                token.trim()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let count = |answer: &str| {
+        let prefix =
+            format!("opencode_manager_gateway_session_lists_total{{answer=\"{answer}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    (count("kept"), count("asked"))
+}
+
 fn session_list(project: &str) -> CallToolRequestParams {
     let mut params = CallToolRequestParams::new("opencode-session-list");
     params.arguments = serde_json::json!({ "server": project })
@@ -280,10 +309,11 @@ fn main() {
     let config = llm.config_content("allow");
 
     let gateway = free_port();
+    let dashboard = free_port();
     let home = Home::new(
         dir.path().join("home"),
         &format!(
-            "allow_file = true\ngateway_port = {gateway}\nidle_timeout_secs = 0\nport_min = 20000\nport_max = 20999\n\
+            "allow_file = true\ngateway_port = {gateway}\ndashboard_port = {dashboard}\nidle_timeout_secs = 0\nport_min = 20000\nport_max = 20999\n\
              memory_budget = \"{}M\"\n[instance_env]\nOPENCODE_DISABLE_MODELS_FETCH = \"1\"\nOPENCODE_CONFIG_CONTENT = {:?}\n",
             live_goal * PER_INSTANCE_MIB,
             config
@@ -626,6 +656,10 @@ fn main() {
     if let Some(to) = std::env::var_os("BENCH_FLEET_LOG") {
         std::fs::copy(home.dir.join("opencode-logs/manager.log"), to).unwrap();
     }
+    let (kept, asked) = list_answers(&home.dir, dashboard);
+    println!(
+        "\nSession lists the Gateway answered with the list it kept (current by the Instance's event stream): {kept}; asked of OpenCode: {asked}."
+    );
     println!(
         "\nFailed calls: {failed}. Sampled every 100 ms ({} samples): live instances at most {max_live}; their memory at most {:.0} MiB of the {} MiB budget; samples over the budget: {over}.",
         samples.len(),

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -104,7 +104,7 @@ impl SessionLists {
                     },
                 );
                 tokio::spawn(watch(
-                    self.clone(),
+                    Arc::downgrade(self),
                     project.to_owned(),
                     watcher,
                     api.clone(),
@@ -236,8 +236,9 @@ fn changes_the_list(kind: &str) -> bool {
     )
 }
 
-/// Follows one Instance's event stream for its entry, then says how it ended.
-async fn watch(lists: Arc<SessionLists>, project: String, watcher: u64, api: InstanceApi) {
+/// Follows one Instance's event stream for its entry, then says how it ended. Holds the lists
+/// weakly: a closed Gateway's watchers end at their stream's next heartbeat.
+async fn watch(lists: Weak<SessionLists>, project: String, watcher: u64, api: InstanceApi) {
     let refused = match api.events().await {
         Ok(stream) if is_event_stream(&stream) => {
             follow(&lists, &project, watcher, &api, stream).await;
@@ -248,11 +249,13 @@ async fn watch(lists: Arc<SessionLists>, project: String, watcher: u64, api: Ins
         // Not reachable now: the next list call tries again.
         Err(_) => false,
     };
-    lists.ended(&project, watcher, refused);
+    if let Some(lists) = lists.upgrade() {
+        lists.ended(&project, watcher, refused);
+    }
 }
 
 async fn follow(
-    lists: &SessionLists,
+    lists: &Weak<SessionLists>,
     project: &str,
     watcher: u64,
     api: &InstanceApi,
@@ -260,7 +263,7 @@ async fn follow(
 ) {
     let mut frames = EventFrames::default();
     while let Ok(Ok(Some(chunk))) = tokio::time::timeout(SILENCE, stream.chunk()).await {
-        let Ok(kinds) = frames.push(&chunk) else {
+        let (Ok(kinds), Some(lists)) = (frames.push(&chunk), lists.upgrade()) else {
             return;
         };
         for kind in kinds {

@@ -2,8 +2,9 @@
 //! parameters, plus the async-prompt and permission tools an assistant needs for long turns.
 //!
 //! Each tool resolves `server` (a Project name) within the caller's token scope, then makes one
-//! call to that Instance's HTTP API. Results are the Node tool's: the JSON as text, or
-//! `isError: true` with `Error executing <tool>: <message>`. OpenCode passwords never leave here.
+//! call to that Instance's HTTP API (the session list may be the one `session_lists` kept).
+//! Results are the Node tool's: the JSON as text, or `isError: true` with
+//! `Error executing <tool>: <message>`. OpenCode passwords never leave here.
 
 use std::time::Duration;
 
