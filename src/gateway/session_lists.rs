@@ -23,6 +23,7 @@ use serde_json::Value;
 use super::results::json_text;
 use crate::instance::api::{ApiError, InstanceApi};
 use crate::instance::events::EventFrames;
+use crate::metrics::Metrics;
 
 /// OpenCode sends a heartbeat every 10 s; a stream silent for this long belongs to an Instance
 /// that hangs, and is dropped with what it kept.
@@ -63,8 +64,16 @@ enum Watch {
     Refused { until: Instant },
 }
 
+/// A list call's answer.
+pub(crate) enum Listed {
+    /// A list, as its text (kept, or kept now).
+    Text(Arc<str>),
+    /// OpenCode answered something else than a list: passed on, never kept.
+    Other(Value),
+}
+
 /// What a list call does.
-pub(crate) enum Lookup {
+enum Lookup {
     /// Answer with this text.
     Kept(Arc<str>),
     /// Ask the Instance; hand its answer back with the ticket (if any) to keep it.
@@ -72,15 +81,44 @@ pub(crate) enum Lookup {
 }
 
 /// Proof of what the stream had said when an answer was asked for.
-pub(crate) struct Ticket {
+struct Ticket {
     watcher: u64,
     changes: u64,
 }
 
 impl SessionLists {
+    /// The session list of `project`'s Instance on `port`: the one kept, or OpenCode's answer
+    /// (kept when nothing happened while it was read), counted in `metrics` either way.
+    pub(crate) async fn list(
+        self: &Arc<Self>,
+        project: &str,
+        port: u16,
+        api: &InstanceApi,
+        metrics: &Metrics,
+        timeout: Duration,
+    ) -> Result<Listed, ApiError> {
+        let ticket = match self.lookup(project, port, api) {
+            Lookup::Kept(text) => {
+                metrics.session_list("kept");
+                return Ok(Listed::Text(text));
+            }
+            Lookup::Ask(ticket) => ticket,
+        };
+        metrics.session_list("asked");
+        let value = api.call(Method::GET, "/session", None, timeout).await?;
+        Ok(match (ticket, list_text(&value)) {
+            (Some(ticket), Some(text)) => {
+                self.keep(project, ticket, text.clone());
+                Listed::Text(text)
+            }
+            (None, Some(text)) => Listed::Text(text),
+            (_, None) => Listed::Other(value),
+        })
+    }
+
     /// The kept answer for `project`'s Instance on `port`, or a ticket to keep the one about to be
     /// asked for. Starts watching that Instance when nothing does.
-    pub(crate) fn lookup(self: &Arc<Self>, project: &str, port: u16, api: &InstanceApi) -> Lookup {
+    fn lookup(self: &Arc<Self>, project: &str, port: u16, api: &InstanceApi) -> Lookup {
         let mut projects = self.lock();
         let entry = projects.get(project).filter(|entry| entry.port == port);
         match entry.map(|entry| (entry.watcher, &entry.watch)) {
@@ -115,7 +153,7 @@ impl SessionLists {
     }
 
     /// Keeps an answer asked for with `ticket`, unless something happened since.
-    pub(crate) fn keep(&self, project: &str, ticket: Ticket, text: Arc<str>) {
+    fn keep(&self, project: &str, ticket: Ticket, text: Arc<str>) {
         let mut projects = self.lock();
         if let Some(Entry {
             watcher,
@@ -212,7 +250,7 @@ impl Watch {
 
 /// The text of a list answer, as the tools render OpenCode's JSON; `None` for anything but a
 /// list (never kept).
-pub(crate) fn list_text(value: &Value) -> Option<Arc<str>> {
+fn list_text(value: &Value) -> Option<Arc<str>> {
     value.is_array().then(|| json_text(value).into())
 }
 

@@ -22,7 +22,7 @@ use super::params::{
 };
 use super::results::{assistant_text, checked_id, fail, json_result, text_result, turn_error};
 use super::route::Target;
-use super::session_lists::{Lookup, SessionLists};
+use super::session_lists::{Listed, SessionLists};
 use crate::audit::{Caller, Door};
 use crate::front_door::Scope;
 use crate::ops::Manager;
@@ -202,22 +202,13 @@ impl GatewayServer {
             Err(message) => return fail(TOOL, &message),
         };
         let metrics = &self.manager.host().metrics;
-        let ticket = match self.lists.lookup(&project, lease.port, &api) {
-            Lookup::Kept(text) => {
-                metrics.session_list("kept");
-                return text_result(text.to_string());
-            }
-            Lookup::Ask(ticket) => ticket,
-        };
-        metrics.session_list("asked");
-        match api.call(Method::GET, "/session", None, CALL_TIMEOUT).await {
-            Ok(value) => match (ticket, super::session_lists::list_text(&value)) {
-                (Some(ticket), Some(text)) => {
-                    self.lists.keep(&project, ticket, text.clone());
-                    text_result(text.to_string())
-                }
-                _ => json_result(value),
-            },
+        match self
+            .lists
+            .list(&project, lease.port, &api, metrics, CALL_TIMEOUT)
+            .await
+        {
+            Ok(Listed::Text(text)) => text_result(text.to_string()),
+            Ok(Listed::Other(value)) => json_result(value),
             Err(err) => fail(TOOL, &super::route::explain(&project, &api, err).await),
         }
     }
