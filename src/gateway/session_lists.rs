@@ -6,7 +6,7 @@
 //! Instance's event stream (`GET /event`) open and only if nothing happened while it was read.
 //! It is dropped by every event except those known not to touch the list ([`changes_the_list`]),
 //! by the end of every Gateway call that changes something in the Project, and by the stream's
-//! end. The first list call for a launch (told apart by the Instance's port) starts the watcher,
+//! end. The first list call for a launch (told apart by the Instance's process) starts the watcher,
 //! which reads the list once as the stream opens so that the next call finds it kept; it ends
 //! with the stream: when the Instance stops, or after [`SILENCE`] without even a
 //! heartbeat. This decides nothing about who may reach a Project: the route and the lease come
@@ -24,6 +24,7 @@ use super::results::json_text;
 use crate::instance::api::{ApiError, InstanceApi};
 use crate::instance::events::EventFrames;
 use crate::metrics::Metrics;
+use crate::state::ProcIdentity;
 
 /// OpenCode sends a heartbeat every 10 s; a stream silent for this long belongs to an Instance
 /// that hangs, and is dropped with what it kept.
@@ -45,7 +46,7 @@ pub(crate) struct SessionLists {
 
 /// One Project's launch as far as its list is concerned.
 struct Entry {
-    port: u16,
+    launch: ProcIdentity,
     /// The watcher that owns this entry; a watcher of an earlier launch changes nothing.
     watcher: u64,
     watch: Watch,
@@ -87,17 +88,17 @@ struct Ticket {
 }
 
 impl SessionLists {
-    /// The session list of `project`'s Instance on `port`: the one kept, or OpenCode's answer
+    /// The session list of `project`'s Instance `launch` (its process): the one kept, or OpenCode's answer
     /// (kept when nothing happened while it was read), counted in `metrics` either way.
     pub(crate) async fn list(
         self: &Arc<Self>,
         project: &str,
-        port: u16,
+        launch: ProcIdentity,
         api: &InstanceApi,
         metrics: &Metrics,
         timeout: Duration,
     ) -> Result<Listed, ApiError> {
-        let ticket = match self.lookup(project, port, api) {
+        let ticket = match self.lookup(project, launch, api) {
             Lookup::Kept(text) => {
                 metrics.session_list("kept");
                 return Ok(Listed::Text(text));
@@ -116,11 +117,11 @@ impl SessionLists {
         })
     }
 
-    /// The kept answer for `project`'s Instance on `port`, or a ticket to keep the one about to be
+    /// The kept answer for `project`'s Instance `launch`, or a ticket to keep the one about to be
     /// asked for. Starts watching that Instance when nothing does.
-    fn lookup(self: &Arc<Self>, project: &str, port: u16, api: &InstanceApi) -> Lookup {
+    fn lookup(self: &Arc<Self>, project: &str, launch: ProcIdentity, api: &InstanceApi) -> Lookup {
         let mut projects = self.lock();
-        let entry = projects.get(project).filter(|entry| entry.port == port);
+        let entry = projects.get(project).filter(|entry| entry.launch == launch);
         match entry.map(|entry| (entry.watcher, &entry.watch)) {
             Some((_, Watch::Open { changes, answer })) => match answer {
                 Some((at, text)) if at == changes => Lookup::Kept(text.clone()),
@@ -136,7 +137,7 @@ impl SessionLists {
                 projects.insert(
                     project.to_owned(),
                     Entry {
-                        port,
+                        launch,
                         watcher,
                         watch: Watch::Opening,
                     },
@@ -335,12 +336,19 @@ mod tests {
     use super::*;
     use crate::secrets::Secret;
 
-    fn open(lists: &SessionLists, project: &str, port: u16) -> u64 {
+    fn launch(pid: i32) -> ProcIdentity {
+        ProcIdentity {
+            pid,
+            start_ticks: 7,
+        }
+    }
+
+    fn open(lists: &SessionLists, project: &str, launch: ProcIdentity) -> u64 {
         let watcher = lists.watchers.fetch_add(1, Ordering::Relaxed) + 1;
         lists.lock().insert(
             project.to_owned(),
             Entry {
-                port,
+                launch,
                 watcher,
                 watch: Watch::Opening,
             },
@@ -368,38 +376,55 @@ mod tests {
     async fn an_answer_is_kept_until_an_event_or_a_write_and_never_across_launches() {
         let lists = Arc::new(SessionLists::default());
         let api = InstanceApi::new(1, Secret::new("pw".into()));
-        let watcher = open(&lists, "a", 4100);
+        let watcher = open(&lists, "a", launch(4100));
 
-        let first = ticket(lists.lookup("a", 4100, &api));
+        let first = ticket(lists.lookup("a", launch(4100), &api));
         lists.keep("a", first, "[1]".into());
-        assert_eq!(kept(lists.lookup("a", 4100, &api)).as_deref(), Some("[1]"));
+        assert_eq!(
+            kept(lists.lookup("a", launch(4100), &api)).as_deref(),
+            Some("[1]")
+        );
 
         // An event drops it; an event while an answer is read: that answer is not kept.
         lists.event("a", watcher);
-        let during = ticket(lists.lookup("a", 4100, &api));
+        let during = ticket(lists.lookup("a", launch(4100), &api));
         lists.event("a", watcher);
         lists.keep("a", during, "[stale]".into());
-        assert_eq!(kept(lists.lookup("a", 4100, &api)), None, "not kept");
+        assert_eq!(
+            kept(lists.lookup("a", launch(4100), &api)),
+            None,
+            "not kept"
+        );
 
         // A write through the Gateway, to this Project or to an unnamed one.
-        let fresh = ticket(lists.lookup("a", 4100, &api));
+        let fresh = ticket(lists.lookup("a", launch(4100), &api));
         lists.keep("a", fresh, "[2]".into());
         lists.changed(Some("b"));
-        assert_eq!(kept(lists.lookup("a", 4100, &api)).as_deref(), Some("[2]"));
+        assert_eq!(
+            kept(lists.lookup("a", launch(4100), &api)).as_deref(),
+            Some("[2]")
+        );
         lists.changed(Some("a"));
-        assert_eq!(kept(lists.lookup("a", 4100, &api)), None);
-        let fresh = ticket(lists.lookup("a", 4100, &api));
+        assert_eq!(kept(lists.lookup("a", launch(4100), &api)), None);
+        let fresh = ticket(lists.lookup("a", launch(4100), &api));
         lists.keep("a", fresh, "[3]".into());
         lists.changed(None);
-        assert_eq!(kept(lists.lookup("a", 4100, &api)), None);
+        assert_eq!(kept(lists.lookup("a", launch(4100), &api)), None);
 
-        // Another launch (another port) starts over; the old watcher changes nothing.
-        let fresh = ticket(lists.lookup("a", 4100, &api));
+        // Another launch (another process, on the same port or not) starts over; the old watcher
+        // changes nothing.
+        let fresh = ticket(lists.lookup("a", launch(4100), &api));
         lists.keep("a", fresh, "[4]".into());
-        assert!(matches!(lists.lookup("a", 4200, &api), Lookup::Ask(None)));
+        assert!(matches!(
+            lists.lookup("a", launch(4200), &api),
+            Lookup::Ask(None)
+        ));
         lists.opened("a", watcher);
         lists.ended("a", watcher, false);
-        assert!(matches!(lists.lookup("a", 4200, &api), Lookup::Ask(None)));
+        assert!(matches!(
+            lists.lookup("a", launch(4200), &api),
+            Lookup::Ask(None)
+        ));
         assert!(
             lists.lock().contains_key("a"),
             "the new launch's entry stays"
@@ -410,13 +435,16 @@ mod tests {
     async fn an_instance_without_an_event_stream_is_asked_directly() {
         let lists = Arc::new(SessionLists::default());
         let api = InstanceApi::new(1, Secret::new("pw".into()));
-        let watcher = open(&lists, "a", 4100);
+        let watcher = open(&lists, "a", launch(4100));
         lists.ended("a", watcher, true);
         for _ in 0..3 {
-            assert!(matches!(lists.lookup("a", 4100, &api), Lookup::Ask(None)));
+            assert!(matches!(
+                lists.lookup("a", launch(4100), &api),
+                Lookup::Ask(None)
+            ));
         }
         assert_eq!(lists.lock()["a"].watcher, watcher, "no new watcher");
-        let watcher = open(&lists, "b", 4101);
+        let watcher = open(&lists, "b", launch(4101));
         lists.ended("b", watcher, false);
         assert!(
             !lists.lock().contains_key("b"),

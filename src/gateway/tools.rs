@@ -204,7 +204,7 @@ impl GatewayServer {
         let metrics = &self.manager.host().metrics;
         match self
             .lists
-            .list(&project, lease.port, &api, metrics, CALL_TIMEOUT)
+            .list(&project, lease.proc, &api, metrics, CALL_TIMEOUT)
             .await
         {
             Ok(Listed::Text(text)) => text_result(text.to_string()),

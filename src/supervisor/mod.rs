@@ -40,6 +40,8 @@ pub(crate) struct Started {
 /// park that Instance to make room for another; dropping it ends the call (and is activity).
 pub(crate) struct Lease {
     pub port: u16,
+    /// The leased Instance's process: another launch, even on the same port, has another.
+    pub proc: crate::state::ProcIdentity,
     project: String,
     commands: mpsc::UnboundedSender<Command>,
 }

@@ -174,6 +174,7 @@ impl<L: Launcher> Actor<L> {
                         // Dropped unsent (the caller went away), the lease ends the call.
                         let _ = reply.send(Ok(Lease {
                             port: instance.port,
+                            proc: instance.proc,
                             project: name,
                             commands: leases,
                         }));

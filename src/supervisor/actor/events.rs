@@ -110,7 +110,8 @@ impl<L: Launcher> Actor<L> {
         };
         match result {
             Ok(launched) => {
-                let (pid, port) = (launched.instance.proc.pid, launched.instance.port);
+                let (proc, port) = (launched.instance.proc, launched.instance.port);
+                let pid = proc.pid;
                 self.host
                     .metrics
                     .started(name, now().saturating_duration_since(since).as_secs_f64());
@@ -128,6 +129,7 @@ impl<L: Launcher> Actor<L> {
                             t.calls += 1;
                             let _ = reply.send(Ok(Lease {
                                 port,
+                                proc,
                                 project: name.to_owned(),
                                 commands: leases.clone(),
                             }));
