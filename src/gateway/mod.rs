@@ -6,8 +6,8 @@
 //! requests of `mcp_restart` and `stop_mcp_tool` (the channel `ops` owns), publishes its own state
 //! into the snapshot, and keeps the original's compatibility files current
 //! (`global-mcp-tool.pid`, `opencode-mcp-tool-servers.json`). Tools live in `tools` (with the
-//! session lists they keep in `session_lists`), tokens in `auth`, behind the shared `front_door`. Only this module and `mcp` know rmcp; only these and
-//! `front_door` know axum.
+//! session lists they keep in `session_lists`), tokens in `auth`, behind the shared `front_door`.
+//! Only this module and `mcp` know rmcp; only these and `front_door` know axum.
 
 pub(crate) mod auth;
 pub(crate) mod in_flight;

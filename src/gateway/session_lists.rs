@@ -88,8 +88,9 @@ struct Ticket {
 }
 
 impl SessionLists {
-    /// The session list of `project`'s Instance `launch` (its process): the one kept, or OpenCode's answer
-    /// (kept when nothing happened while it was read), counted in `metrics` either way.
+    /// The session list of `project`'s Instance `launch` (its process): the one kept, or
+    /// OpenCode's answer (kept when nothing happened while it was read), counted in `metrics`
+    /// either way.
     pub(crate) async fn list(
         self: &Arc<Self>,
         project: &str,
@@ -123,10 +124,10 @@ impl SessionLists {
         let mut projects = self.lock();
         let entry = projects.get(project).filter(|entry| entry.launch == launch);
         match entry.map(|entry| (entry.watcher, &entry.watch)) {
-            Some((_, Watch::Open { changes, answer })) => match answer {
+            Some((watcher, Watch::Open { changes, answer })) => match answer {
                 Some((at, text)) if at == changes => Lookup::Kept(text.clone()),
                 _ => Lookup::Ask(Some(Ticket {
-                    watcher: entry.map_or(0, |e| e.watcher),
+                    watcher,
                     changes: *changes,
                 })),
             },
@@ -155,17 +156,13 @@ impl SessionLists {
 
     /// Keeps an answer asked for with `ticket`, unless something happened since.
     fn keep(&self, project: &str, ticket: Ticket, text: Arc<str>) {
-        let mut projects = self.lock();
-        if let Some(Entry {
-            watcher,
-            watch: Watch::Open { changes, answer },
-            ..
-        }) = projects.get_mut(project)
-            && *watcher == ticket.watcher
-            && *changes == ticket.changes
-        {
-            *answer = Some((*changes, text));
-        }
+        self.with_own(project, ticket.watcher, |watch| {
+            if let Watch::Open { changes, answer } = watch
+                && *changes == ticket.changes
+            {
+                *answer = Some((*changes, text));
+            }
+        });
     }
 
     /// A Gateway call that changes something in `project` ended (`None`: in the only Project
@@ -181,16 +178,14 @@ impl SessionLists {
 
     /// A ticket for the watcher's own read of the list.
     fn ticket(&self, project: &str, watcher: u64) -> Option<Ticket> {
-        let mut ticket = None;
-        self.with_own(project, watcher, |watch| {
-            if let Watch::Open { changes, .. } = watch {
-                ticket = Some(Ticket {
-                    watcher,
-                    changes: *changes,
-                });
-            }
-        });
-        ticket
+        self.with_own(project, watcher, |watch| match watch {
+            Watch::Open { changes, .. } => Some(Ticket {
+                watcher,
+                changes: *changes,
+            }),
+            _ => None,
+        })
+        .flatten()
     }
 
     fn opened(&self, project: &str, watcher: u64) {
@@ -211,25 +206,30 @@ impl SessionLists {
     /// The watcher ended: forget the entry, or remember for a while that it has no stream.
     fn ended(&self, project: &str, watcher: u64, refused: bool) {
         let mut projects = self.lock();
-        if projects.get(project).is_some_and(|e| e.watcher == watcher) {
-            if refused {
-                if let Some(entry) = projects.get_mut(project) {
-                    entry.watch = Watch::Refused {
-                        until: Instant::now() + REFUSED_FOR,
-                    };
-                }
-            } else {
+        match projects.get_mut(project) {
+            Some(entry) if entry.watcher == watcher && refused => {
+                entry.watch = Watch::Refused {
+                    until: Instant::now() + REFUSED_FOR,
+                };
+            }
+            Some(entry) if entry.watcher == watcher => {
                 projects.remove(project);
             }
+            _ => {}
         }
     }
 
-    fn with_own(&self, project: &str, watcher: u64, f: impl FnOnce(&mut Watch)) {
-        if let Some(entry) = self.lock().get_mut(project)
-            && entry.watcher == watcher
-        {
-            f(&mut entry.watch);
-        }
+    /// Runs `f` on the entry's state if `watcher` still owns it.
+    fn with_own<R>(
+        &self,
+        project: &str,
+        watcher: u64,
+        f: impl FnOnce(&mut Watch) -> R,
+    ) -> Option<R> {
+        self.lock()
+            .get_mut(project)
+            .filter(|entry| entry.watcher == watcher)
+            .map(|entry| f(&mut entry.watch))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
